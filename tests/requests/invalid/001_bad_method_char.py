@@ -1,0 +1,3 @@
+"""A method with a non-token character."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Lower-case methods are refused by default."""
+
+status = 400

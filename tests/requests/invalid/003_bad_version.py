@@ -1,0 +1,3 @@
+"""A malformed version."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""A bare LF as line terminator in the head."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""A control character (0x01) in a header value."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Whitespace between the header name and the colon."""
+
+status = 400

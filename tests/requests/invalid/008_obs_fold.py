@@ -1,0 +1,3 @@
+"""An obs-fold continuation line."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Two Content-Length headers (even with equal values)."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Content-Length together with Transfer-Encoding: chunked."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""An unknown transfer coding is not implemented."""
+
+status = 501

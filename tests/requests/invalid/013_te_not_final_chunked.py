@@ -1,0 +1,3 @@
+"""chunked must be the final transfer coding."""
+
+status = 400

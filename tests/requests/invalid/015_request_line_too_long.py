@@ -1,0 +1,3 @@
+"""A request line over the default 4094-byte limit."""
+
+status = 414

@@ -1,0 +1,3 @@
+"""Chunk data not followed by CRLF."""
+
+status = 400

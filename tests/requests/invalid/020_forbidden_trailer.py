@@ -1,0 +1,3 @@
+"""Content-Length in the trailer section."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""A request target that is neither origin-form nor absolute-form."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""The asterisk-form is only allowed with OPTIONS."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""A raw NUL byte in the request target."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""The client half-closes before the head is complete: no response."""
+
+status = 'closed'

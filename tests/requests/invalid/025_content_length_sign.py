@@ -1,0 +1,3 @@
+"""Content-Length must be digits only."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Two Host headers."""
+
+status = 400

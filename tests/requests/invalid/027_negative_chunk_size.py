@@ -1,0 +1,3 @@
+"""A signed chunk size."""
+
+status = 400

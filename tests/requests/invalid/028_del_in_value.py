@@ -1,0 +1,3 @@
+"""DEL (0x7f) in a header value."""
+
+status = 400

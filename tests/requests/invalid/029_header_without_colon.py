@@ -1,0 +1,3 @@
+"""A header line without a colon."""
+
+status = 400

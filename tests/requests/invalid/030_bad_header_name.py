@@ -1,0 +1,3 @@
+"""A header name with a non-token character."""
+
+status = 400

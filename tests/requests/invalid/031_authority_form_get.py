@@ -1,0 +1,3 @@
+"""The authority-form is only allowed with CONNECT."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Transfer-Encoding without chunked at the end."""
+
+status = 400

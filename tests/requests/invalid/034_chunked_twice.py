@@ -1,0 +1,3 @@
+"""chunked applied twice."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Two spaces between method and target."""
+
+status = 400

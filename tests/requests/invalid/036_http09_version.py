@@ -1,0 +1,3 @@
+"""HTTP/0.9 is not accepted."""
+
+status = 400

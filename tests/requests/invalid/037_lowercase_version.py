@@ -1,0 +1,3 @@
+"""The HTTP-name is case-sensitive."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""A bare CR inside a header value."""
+
+status = 400

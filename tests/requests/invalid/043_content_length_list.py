@@ -1,0 +1,3 @@
+"""A list-form Content-Length."""
+
+status = 400

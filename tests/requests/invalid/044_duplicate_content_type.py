@@ -1,0 +1,3 @@
+"""Two Content-Type headers."""
+
+status = 400
