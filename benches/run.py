@@ -168,6 +168,10 @@ SCENARIOS: dict[str, Scenario] = {
             notes=(
                 "Provisional (issue 5); the WebSocket echo app (apps:ws_echo_asgi) needs "
                 "a WebSocket load generator, which wrk is not.",
+                "uvicorn --workers N (N >= 2) showed a ~44 ms median latency floor at "
+                "0.15 cores busy when the harness was validated (5.7 ms with --workers 1): "
+                "it looks like Nagle/delayed ACK on the workers' sockets; check before "
+                "quoting its numbers.",
             ),
         ),
     )
