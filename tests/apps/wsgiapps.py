@@ -216,9 +216,10 @@ def raise_after(environ, start_response):
 class _RecordingIterable:
     """An iterable whose close() appends a line to the file named by $CLOSE_LOG."""
 
-    def __init__(self, tag, parts, fail_at=None):
+    def __init__(self, tag, n, size, fail_at=None):
         self.tag = tag
-        self.parts = parts
+        self.n = n
+        self.size = size
         self.fail_at = fail_at
         self._record("created")
 
@@ -229,10 +230,10 @@ class _RecordingIterable:
                 f.write(f"{what} {self.tag}\n")
 
     def __iter__(self):
-        for i, part in enumerate(self.parts):
+        for i in range(self.n):
             if self.fail_at is not None and i == self.fail_at:
                 raise RuntimeError("recording iterable fails on purpose")
-            yield part
+            yield bytes([65 + i % 26]) * self.size
 
     def close(self):
         self._record("closed")
@@ -243,17 +244,16 @@ def close_record(environ, start_response):
     q = _query(environ)
     n = int(q.get("n", "3"))
     size = int(q.get("size", "10"))
-    parts = [bytes([65 + i % 26]) * size for i in range(n)]
     fail_at = 1 if q.get("fail") else None
     headers = [("Content-Type", "text/plain")]
     if q.get("cl"):
         headers.append(("Content-Length", str(n * size)))
     start_response("200 OK", headers)
-    return _RecordingIterable(q.get("tag", "x"), parts, fail_at)
+    return _RecordingIterable(q.get("tag", "x"), n, size, fail_at)
 
 
 def body(environ, start_response):
-    """``/body?size=N[&cl=1][&status=S][&chunks=K]``: a deterministic body of N bytes."""
+    """``/body?size=N[&cl=1|&declare=M][&status=S][&chunks=K]``: a body of N bytes."""
     q = _query(environ)
     size = int(q.get("size", "100"))
     chunks = max(1, int(q.get("chunks", "1")))
@@ -262,6 +262,8 @@ def body(environ, start_response):
     headers = [("Content-Type", "text/plain")]
     if q.get("cl"):
         headers.append(("Content-Length", str(size)))
+    elif q.get("declare"):  # a Content-Length that does not match the body
+        headers.append(("Content-Length", q["declare"]))
     start_response(status, headers)
     step = max(1, -(-size // chunks))
     return [data[i:i + step] for i in range(0, size, step)] or [b""]
@@ -308,7 +310,13 @@ def stderr_print(environ, start_response):
     return [b"ok"]
 
 
+def osenv(environ, start_response):
+    """``/osenv?name=X``: the worker's os.environ value (JSON null when unset)."""
+    return _json_response(start_response, {"value": os.environ.get(_query(environ)["name"])})
+
+
 ROUTES = {
+    "/osenv": osenv,
     "/sleep": sleep,
     "/pid": pid,
     "/input/read": input_read,
