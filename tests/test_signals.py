@@ -1,0 +1,217 @@
+"""Process management: signals, respawn, timeouts (gunicorn behaviour §2.2-2.5)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def in_background(fn, *args, **kwargs):
+    """Run fn in a thread; returns a function that joins it and returns/raises its result."""
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def join(timeout=60):
+        t.join(timeout)
+        assert not t.is_alive(), "background request did not finish"
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    return join
+
+
+def test_sigterm_lets_inflight_request_finish(server):
+    srv = server(["--workers", "2", "--graceful-timeout", "30"], "wsgiapps:app")
+    join = in_background(srv.get, "/sleep?s=2&tag=term", timeout=40)
+    srv.wait_for_log(r"sleep-start pid=\d+ tag=term")
+    t0 = time.monotonic()
+    rc = srv.stop(signal.SIGTERM, timeout=40)
+    r = join()
+    assert r.status == 200
+    assert r.json()["slept"] == 2
+    assert rc == 0
+    assert time.monotonic() - t0 < 25
+    srv.wait_for_log(r"Handling signal: term")
+    srv.wait_for_log(r"Shutting down: Master")
+
+
+def test_sigterm_idle_exits_quickly(server):
+    srv = server(["--workers", "3"], "wsgiapps:app")
+    srv.wait_workers(3)
+    t0 = time.monotonic()
+    assert srv.stop(signal.SIGTERM, timeout=30) == 0
+    assert time.monotonic() - t0 < 10
+
+
+def test_sigterm_stops_listening(server, helpers):
+    srv = server([], "wsgiapps:app")
+    address = srv.address
+    assert srv.stop(signal.SIGTERM) == 0
+    with pytest.raises(OSError):
+        helpers.connect(address, timeout=5).close()
+
+
+def test_graceful_timeout_kills_long_request(server):
+    srv = server(["--workers", "1", "--graceful-timeout", "2"], "wsgiapps:app")
+    join = in_background(srv.raw, b"GET /sleep?s=60&tag=long HTTP/1.0\r\n\r\n", timeout=60)
+    srv.wait_for_log(r"sleep-start pid=\d+ tag=long")
+    t0 = time.monotonic()
+    srv.stop(signal.SIGTERM, timeout=40)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 20, elapsed
+    raw = join()
+    assert b" 200 OK" not in raw
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
+def test_quick_stop(server, sig):
+    srv = server(["--workers", "2", "--graceful-timeout", "60"], "wsgiapps:app")
+    join = in_background(srv.raw, b"GET /sleep?s=60&tag=quick HTTP/1.0\r\n\r\n", timeout=90)
+    srv.wait_for_log(r"sleep-start pid=\d+ tag=quick")
+    t0 = time.monotonic()
+    rc = srv.stop(sig, timeout=30)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 10, f"quick stop took {elapsed:.1f}s"
+    assert rc == 0
+    raw = join()
+    assert b" 200 OK" not in raw  # the slow request was abandoned
+
+
+def test_killed_worker_is_respawned(server):
+    srv = server(["--workers", "2"], "wsgiapps:app")
+    before = srv.wait_workers(2)
+    victim = before[0]
+    os.kill(victim, signal.SIGKILL)
+    after = srv.wait_workers(2, exclude=[victim])
+    assert victim not in after
+    assert set(after) & set(before) == {before[1]}
+    new_pid = (set(after) - set(before)).pop()
+    srv.wait_for_log(rf"Booting worker with pid: {new_pid}\b")
+    srv.wait_for_log(rf"Worker \(pid:{victim}\) was sent SIGKILL!")
+    for _ in range(6):
+        assert srv.get("/pid").status == 200
+
+
+def test_worker_exit_is_respawned_after_sigterm(server):
+    srv = server(["--workers", "2"], "wsgiapps:app")
+    before = srv.wait_workers(2)
+    os.kill(before[1], signal.SIGTERM)
+    after = srv.wait_workers(2, exclude=[before[1]])
+    assert before[1] not in after
+    assert srv.get("/pid").status == 200
+
+
+def test_ttin_ttou(server):
+    srv = server(["--workers", "2"], "wsgiapps:app")
+    srv.wait_workers(2)
+    os.kill(srv.pid, signal.SIGTTIN)
+    srv.wait_workers(3)
+    os.kill(srv.pid, signal.SIGTTOU)
+    srv.wait_workers(2)
+    os.kill(srv.pid, signal.SIGTTOU)
+    srv.wait_workers(1)
+    os.kill(srv.pid, signal.SIGTTOU)  # never below one worker
+    time.sleep(1.5)  # give a (wrong) extra kill the time to happen
+    assert len(srv.wait_workers(1)) == 1
+    assert srv.get("/pid").status == 200
+
+
+def test_hup_replaces_workers(server):
+    srv = server(["--workers", "2"], "wsgiapps:app")
+    before = set(srv.wait_workers(2))
+    os.kill(srv.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = set(srv.worker_pids())
+        if len(now) == 2 and not (now & before):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"workers not replaced: before={before} now={srv.worker_pids()}")
+    srv.wait_for_log(r"Handling signal: hup")
+    assert srv.get("/pid").status == 200
+    assert srv.alive()
+
+
+def test_max_requests_recycles_worker(server):
+    srv = server(["--workers", "1", "--max-requests", "3"], "wsgiapps:app")
+    first = srv.wait_workers(1)[0]
+    pids = []
+    for _ in range(7):
+        # the readiness probe counted as one request of the first worker
+        r = srv.get("/pid")
+        assert r.status == 200
+        pids.append(int(r.body))
+    assert first in pids
+    assert len(set(pids)) >= 3, pids
+    srv.wait_for_log(r"Autorestarting worker after current request")
+
+
+def test_worker_timeout(server):
+    srv = server(["--workers", "1", "--timeout", "2"], "wsgiapps:app")
+    first = srv.wait_workers(1)[0]
+    t0 = time.monotonic()
+    r = srv.get("/sleep?s=30&tag=timeout", timeout=40)
+    elapsed = time.monotonic() - t0
+    assert r.status == 500
+    assert elapsed < 15, elapsed
+    srv.wait_for_log(rf"WORKER TIMEOUT \(pid:{first}\)")
+    new = srv.wait_workers(1, exclude=[first])
+    assert new != [first]
+    assert srv.get("/pid").status == 200
+
+
+def test_worker_term_under_load_drops_nothing(server):
+    """A worker told to stop while others keep serving: connections waiting in the
+    backlog must be served by the remaining workers (no reset, no error)."""
+    srv = server(["--workers", "4"], "wsgiapps:app")
+    pids = srv.wait_workers(4)
+    stop = threading.Event()
+    results: list = []
+    lock = threading.Lock()
+
+    def client():
+        n = 0
+        while not stop.is_set() and n < 2000:
+            n += 1
+            try:
+                r = srv.get("/sleep?s=0.02", timeout=30)
+                ok = r.status
+            except Exception as e:  # a reset or a parse error
+                ok = repr(e)
+            with lock:
+                results.append(ok)
+
+    with ThreadPoolExecutor(8) as ex:
+        futures = [ex.submit(client) for _ in range(8)]
+        deadline = time.monotonic() + 30
+        while len(results) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(pids[0], signal.SIGTERM)
+        srv.wait_workers(4, exclude=[pids[0]])
+        count = len(results)
+        deadline = time.monotonic() + 30
+        while len(results) < count + 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        for f in futures:
+            f.result(60)
+    failures = [x for x in results if x != 200]
+    assert len(results) >= 80
+    assert not failures, f"{len(failures)} failed of {len(results)}: {failures[:5]}"
