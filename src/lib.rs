@@ -2,13 +2,19 @@
 //!
 //! # Layout
 //! - [`http`]: HTTP/1.x head parser, body decoders and error responses (no Python).
-//! - `wsgi`: the PEP 3333 bridge (environ, `wsgi.input`, `start_response`, response writer).
-//! - `worker`: the per-process worker loops that run after fork (sync today).
-//! - `scoreboard`: the shared-memory table of worker slots that the master reads.
+//! - [`net`]: inherited listeners and accepted streams, TCP or Unix.
+//! - [`wsgi`]: the PEP 3333 bridge (environ, `wsgi.input`, `start_response`, writer).
+//! - [`log`]: the access log (gunicorn's format atoms, escaped).
+//! - [`worker`]: the per-process worker loops that run after fork (sync today).
 //!
+//! The master process, configuration and app loading are Python (`python/ferrocorn`);
 //! `docs/ARCHITECTURE.md` has the process model and the request path.
 
 pub mod http;
+pub mod log;
+pub mod net;
+pub mod worker;
+pub mod wsgi;
 
 use pyo3::prelude::*;
 
@@ -16,5 +22,14 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _ferrocorn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<worker::sync::SyncWorker>()?;
+    m.add_class::<wsgi::file_wrapper::FileWrapper>()?;
+    m.add_class::<wsgi::input::Input>()?;
+    m.add_class::<wsgi::response::StartResponse>()?;
+    m.add_class::<wsgi::response::Write>()?;
+    m.add(
+        "InvalidRequestBody",
+        m.py().get_type::<wsgi::input::InvalidRequestBody>(),
+    )?;
     Ok(())
 }

@@ -350,5 +350,7 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> tuple[Config, st
 def _add_notes(cfg: Config) -> None:
     if cfg.workers_reason:
         cfg.notes.append(f"workers = auto: {cfg.workers} workers, {cfg.workers_reason}")
+    if not cfg.is_default("worker_tmp_dir"):
+        cfg.notes.append("worker_tmp_dir is ignored: ferrocorn keeps no heartbeat files")
     if cfg.worker_class == "sync" and cfg.threads > 1:
         cfg.notes.append(f"threads = {cfg.threads} with the sync worker: using gthread instead")

@@ -734,7 +734,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "worker_tmp_dir", MECHANICS, ("--worker-tmp-dir",), None, validate_string,
-        "Directory for gunicorn's worker heartbeat files.", meta="DIR", status=NOT_YET,
+        "Accepted for compatibility and ignored: ferrocorn keeps no heartbeat files, so "
+        "a disk-backed /tmp cannot stall workers.", meta="DIR",
     ),
     Setting(
         "user", MECHANICS, ("-u", "--user"), os.geteuid(), validate_user,

@@ -1,0 +1,303 @@
+"""The master process: binds, forks, supervises. Gunicorn's ``Arbiter``, kept boring.
+
+The master is single-threaded and never runs an event loop, a thread pool or Rust
+threads, so ``fork()`` is always safe here; every runtime lives in the workers and is
+created after fork. Signal handlers only queue the signal and write to a wake-up pipe;
+the main loop handles one signal at a time, then reaps and tops up the workers.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import select
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from ferrocorn._version import __version__
+from ferrocorn.glogging import Logger
+from ferrocorn.sock import Listener, create_listeners
+from ferrocorn.worker import APP_LOAD_ERROR, WORKER_BOOT_ERROR, Worker, boot
+
+SIGNAMES = {
+    getattr(signal, name): name[3:].lower()
+    for name in dir(signal)
+    if name.startswith("SIG") and not name.startswith("SIG_")
+}
+
+
+class HaltServer(Exception):  # noqa: N818 - gunicorn's name
+    """Stop the master with ``reason`` and exit ``exit_status``."""
+
+    def __init__(self, reason: str, exit_status: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_status = exit_status
+
+
+class Arbiter:
+    """Keeps ``num_workers`` workers alive and answers the operator's signals."""
+
+    # TERM graceful; INT and QUIT quick; HUP reload; TTIN/TTOU one more/less worker;
+    # USR1 reopen logs; USR2 re-exec (not yet); WINCH stop workers when daemonized.
+    SIGNALS = [signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM,
+               signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
+               signal.SIGWINCH, signal.SIGCHLD]
+
+    def __init__(self, cfg: Any, app_uri: str, log: Logger) -> None:
+        self.cfg = cfg
+        self.app_uri = app_uri
+        self.log = log
+        self.pid = os.getpid()
+        self.num_workers: int = cfg.workers
+        self.workers: dict[int, Worker] = {}
+        self.listeners: list[Listener] = []
+        self.worker_age = 0
+        self.sig_queue: list[int] = []
+        self.preloaded_app: Any = None
+        self.proc_name = cfg.proc_name
+
+    # Hook-facing aliases (gunicorn hooks read these).
+    @property
+    def LISTENERS(self) -> list[Listener]:  # noqa: N802
+        return self.listeners
+
+    def start(self) -> None:
+        self.log.info("Starting ferrocorn %s", __version__)
+        self.cfg.on_starting(self)
+        self.init_signals()
+        self.listeners = create_listeners(self.cfg, self.log)
+        urls = ",".join(lst.url() for lst in self.listeners)
+        self.log.info("Listening at: %s (%s)", urls, self.pid)
+        self.log.info("Using worker: %s", self.cfg.worker_class_str)
+        for note in getattr(self.cfg, "notes", []):
+            self.log.info("%s", note)
+        self.cfg.when_ready(self)
+
+    def init_signals(self) -> None:
+        self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._queue_signal)
+        signal.set_wakeup_fd(self._pipe_w, warn_on_full_buffer=False)
+
+    def _queue_signal(self, signum: int, frame: FrameType | None) -> None:
+        # No logging here: handlers may interrupt the logging module mid-write.
+        self.sig_queue.append(signum)
+
+    def run(self) -> int:
+        """Serve until told to stop; returns the exit code."""
+        try:
+            self.start()
+            self.manage_workers()
+            while True:
+                sig = self.sig_queue.pop(0) if self.sig_queue else None
+                if sig is None:
+                    self.sleep()
+                    self.reap_workers()
+                    self.manage_workers()
+                    continue
+                name = SIGNAMES.get(sig, str(sig))
+                handler = getattr(self, f"handle_{name}", None)
+                if handler is None:
+                    self.log.error("Unhandled signal: %s", name)
+                    continue
+                if name != "chld":
+                    self.log.info("Handling signal: %s", name)
+                handler()
+                self.reap_workers()
+                self.manage_workers()
+        except StopIteration:
+            self.halt()
+        except KeyboardInterrupt:
+            self.stop(graceful=False)
+            self.halt()
+        except HaltServer as h:
+            self.halt(h.reason, h.exit_status)
+        return 0  # unreachable: halt() exits
+
+    def sleep(self) -> None:
+        """Wait up to a second for a signal (the wake-up pipe turns readable)."""
+        try:
+            ready = select.select([self._pipe_r], [], [], 1.0)
+            if ready[0]:
+                while os.read(self._pipe_r, 64):
+                    pass
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EINTR):
+                raise
+
+    # ---- signals -------------------------------------------------------------
+    def handle_chld(self) -> None:
+        self.reap_workers()
+
+    def handle_term(self) -> None:
+        raise StopIteration
+
+    def handle_int(self) -> None:
+        self.stop(graceful=False)
+        raise StopIteration
+
+    def handle_quit(self) -> None:
+        self.stop(graceful=False)
+        raise StopIteration
+
+    def handle_hup(self) -> None:
+        """Reload: start fresh workers (re-importing the app), then retire the old."""
+        self.log.info("Hang up: Master")
+        self.cfg.on_reload(self)
+        old = list(self.workers)
+        for _ in range(self.num_workers):
+            self.spawn_worker()
+        for pid in old:
+            self.kill_worker(pid, signal.SIGTERM)
+
+    def handle_ttin(self) -> None:
+        self.set_num_workers(self.num_workers + 1)
+
+    def handle_ttou(self) -> None:
+        if self.num_workers > 1:
+            self.set_num_workers(self.num_workers - 1)
+
+    def handle_usr1(self) -> None:
+        self.log.reopen_files()
+        self.kill_workers(signal.SIGUSR1)
+
+    def handle_usr2(self) -> None:
+        self.log.warning("USR2 (re-exec a new master) is not supported by ferrocorn yet; "
+                         "use HUP to reload workers")
+
+    def handle_winch(self) -> None:
+        self.log.debug("SIGWINCH ignored. Not daemonized")
+
+    def set_num_workers(self, n: int) -> None:
+        old = self.num_workers
+        self.num_workers = n
+        self.cfg.nworkers_changed(self, n, old)
+
+    # ---- workers -------------------------------------------------------------
+    def manage_workers(self) -> None:
+        if len(self.workers) < self.num_workers:
+            while len(self.workers) < self.num_workers:
+                self.spawn_worker()
+                time.sleep(0.1 * random.random())
+        excess = len(self.workers) - self.num_workers
+        if excess > 0:
+            oldest = sorted(self.workers.items(), key=lambda kv: kv[1].age)[:excess]
+            for pid, _ in oldest:
+                self.kill_worker(pid, signal.SIGTERM)
+
+    def worker_max_requests(self) -> int:
+        limit = int(self.cfg.max_requests)
+        if limit <= 0:
+            return 0
+        return limit + random.randint(0, max(0, int(self.cfg.max_requests_jitter)))
+
+    def spawn_worker(self) -> int:
+        self.worker_age += 1
+        worker = Worker(self.worker_age, self.pid, self.listeners, self.app_uri, self.cfg,
+                        self.log, self.worker_max_requests(), self.preloaded_app)
+        self.cfg.pre_fork(self, worker)
+        self.log.flush()
+        pid = os.fork()
+        if pid != 0:
+            worker.pid = pid
+            self.workers[pid] = worker
+            return pid
+        # The child: never return into the master's loop.
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            os.close(self._pipe_r)
+            os.close(self._pipe_w)
+            worker.pid = os.getpid()
+            self.log.info("Booting worker with pid: %s", worker.pid)
+            self.cfg.post_fork(self, worker)
+            code = boot(worker)
+        except BaseException:
+            self.log.exception("Exception in worker process")
+            code = WORKER_BOOT_ERROR if not worker.booted else 1
+        finally:
+            try:
+                self.log.info("Worker exiting (pid: %s)", worker.pid)
+                self.cfg.worker_exit(self, worker)
+                self.log.flush()
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    def kill_worker(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            self.workers.pop(pid, None)
+
+    def kill_workers(self, sig: int) -> None:
+        for pid in list(self.workers):
+            self.kill_worker(pid, sig)
+
+    def reap_workers(self, halting: bool = True) -> None:
+        """Collect exited workers; a boot or app-load failure halts the master."""
+        while True:
+            try:
+                wpid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not wpid:
+                return
+            worker = self.workers.pop(wpid, None)
+            if worker is None:
+                continue  # not ours (e.g. ferrocorn running as PID 1)
+            code = os.waitstatus_to_exitcode(status)
+            if code > 0:
+                self.log.error("Worker (pid:%s) exited with code %s.", wpid, code)
+            elif code < 0:
+                sig = -code
+                name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+                if sig == signal.SIGKILL:
+                    self.log.error("Worker (pid:%s) was sent SIGKILL! Perhaps out of memory?",
+                                   wpid)
+                elif sig == signal.SIGTERM:
+                    self.log.info("Worker (pid:%s) was sent SIGTERM!", wpid)
+                else:
+                    self.log.warning("Worker (pid:%s) was sent %s!", wpid, name)
+            self.cfg.child_exit(self, worker)
+            if halting and code == WORKER_BOOT_ERROR:
+                raise HaltServer("Worker failed to boot.", WORKER_BOOT_ERROR)
+            if halting and code == APP_LOAD_ERROR:
+                raise HaltServer("App failed to load.", APP_LOAD_ERROR)
+
+    # ---- stopping ------------------------------------------------------------
+    def stop(self, graceful: bool = True) -> None:
+        """Stop the workers: TERM lets them finish (within graceful_timeout), QUIT
+        ends them at once. Listeners are closed first so no new connection is queued
+        to this master's sockets once the workers are gone."""
+        for lst in self.listeners:
+            lst.close()
+        self.listeners = []
+        sig = signal.SIGTERM if graceful else signal.SIGQUIT
+        limit = time.monotonic() + float(self.cfg.graceful_timeout)
+        self.kill_workers(sig)
+        while self.workers and time.monotonic() < limit:
+            self.reap_workers(halting=False)
+            time.sleep(0.05)
+        self.kill_workers(signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while self.workers and time.monotonic() < deadline:
+            self.reap_workers(halting=False)
+            time.sleep(0.02)
+
+    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        self.stop()
+        self.log.info("Shutting down: Master")
+        if reason is not None:
+            self.log.info("Reason: %s", reason)
+        self.cfg.on_exit(self)
+        self.log.flush()
+        sys.exit(exit_status)

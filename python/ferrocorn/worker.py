@@ -1,0 +1,185 @@
+"""The worker process: what a forked child does until it exits.
+
+Gunicorn's ``Worker.init_process`` order is kept: environment, RNG reseed, signal
+handlers, app import, ``post_worker_init``, then the serving loop, which here is the
+Rust ``SyncWorker`` (``src/worker/sync.rs``). Python signal handlers stay in charge:
+the Rust loop polls the ``set_wakeup_fd`` pipe and runs them, so hooks such as
+``worker_int`` and ``worker_abort`` get live objects exactly as under gunicorn.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from ferrocorn import _ferrocorn
+from ferrocorn._version import __version__
+from ferrocorn.app import AppImportError, import_app
+from ferrocorn.glogging import Logger
+from ferrocorn.sock import Listener
+
+# Exit codes that make the master halt instead of respawning (gunicorn's values).
+WORKER_BOOT_ERROR = 3
+APP_LOAD_ERROR = 4
+
+
+class ErrorsStream:
+    """``wsgi.errors``: text written by the app lands in the error log's stream."""
+
+    def __init__(self, log: Logger) -> None:
+        self._log = log
+
+    def write(self, data: str) -> int:
+        stream = self._log.error_stream()
+        n = stream.write(data)
+        return n if isinstance(n, int) else len(data)
+
+    def writelines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._log.error_stream().flush()
+
+
+class Worker:
+    """One worker process, as hooks see it (``worker.pid``, ``worker.age``, ...).
+
+    Built in the master before fork, so ``__init__`` must not touch the process.
+    """
+
+    def __init__(self, age: int, ppid: int, listeners: list[Listener], app_uri: str,
+                 cfg: Any, log: Logger, max_requests: int, preloaded_app: Any = None) -> None:
+        self.age = age
+        self.nr = 0
+        self.ppid = ppid
+        self.sockets = listeners
+        self.app_uri = app_uri
+        self.cfg = cfg
+        self.log = log
+        self.max_requests = max_requests
+        self.timeout = cfg.timeout
+        self.booted = False
+        self.aborted = False
+        self.alive = True
+        self.pid: int = 0
+        self.wsgi: Any = preloaded_app
+        self._core: Any = None
+
+    def __str__(self) -> str:
+        return f"<Worker {self.pid}>"
+
+    def init_process(self) -> None:
+        """Runs in the child right after fork and never returns normally."""
+        for key, value in self.cfg.env.items():
+            os.environ[key] = value
+        random.seed()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.init_signals()
+        if self.wsgi is None:
+            self.wsgi = self.load_wsgi()
+        self.cfg.post_worker_init(self)
+        self.booted = True
+        self.run()
+
+    def init_signals(self) -> None:
+        for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD, signal.SIGTTIN,
+                    signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self.handle_exit)
+        signal.signal(signal.SIGQUIT, self.handle_quit)
+        signal.signal(signal.SIGINT, self.handle_quit)
+        signal.signal(signal.SIGABRT, self.handle_abort)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)
+        signal.signal(signal.SIGWINCH, signal.SIG_IGN)
+        # Keep blocking syscalls running through TERM and USR1, as gunicorn does; the
+        # wake-up pipe still tells the Rust loop that a handler is pending.
+        signal.siginterrupt(signal.SIGTERM, False)
+        signal.siginterrupt(signal.SIGUSR1, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def load_wsgi(self) -> Any:
+        return import_app(self.app_uri)
+
+    def handle_exit(self, signum: int, frame: FrameType | None) -> None:
+        self.alive = False
+        if self._core is not None:
+            self._core.stop()
+
+    def handle_quit(self, signum: int, frame: FrameType | None) -> None:
+        self.alive = False
+        self.cfg.worker_int(self)
+        time.sleep(0.1)
+        sys.exit(0)
+
+    def handle_abort(self, signum: int, frame: FrameType | None) -> None:
+        self.alive = False
+        self.cfg.worker_abort(self)
+        sys.exit(1)
+
+    def handle_usr1(self, signum: int, frame: FrameType | None) -> None:
+        self.log.reopen_files()
+
+    def base_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = {
+            "wsgi.version": (1, 0),
+            "wsgi.errors": ErrorsStream(self.log),
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": self.cfg.workers > 1,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": _ferrocorn.FileWrapper,
+            "wsgi.input_terminated": True,
+            "SERVER_SOFTWARE": f"ferrocorn/{__version__}",
+        }
+        return environ
+
+    def options(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "timeout": float(cfg.timeout),
+            "max_requests": int(self.max_requests),
+            "limit_request_line": int(cfg.limit_request_line),
+            "limit_request_fields": int(cfg.limit_request_fields),
+            "limit_request_field_size": int(cfg.limit_request_field_size),
+            "sendfile": bool(cfg.sendfile),
+            "forwarded_allow_ips": list(cfg.forwarded_allow_ips),
+            "secure_scheme_headers": [(str(k), str(v))
+                                      for k, v in cfg.secure_scheme_headers.items()],
+            "forwarder_headers": list(cfg.forwarder_headers),
+            "script_name": os.environ.get("SCRIPT_NAME", ""),
+            "access_log_fd": self.log.access_fd,
+            "access_log_format": cfg.access_log_format,
+            "ppid": self.ppid,
+        }
+
+    def run(self) -> None:
+        listeners = [(s.fileno(), s.is_unix) for s in self.sockets]
+        self._core = _ferrocorn.SyncWorker(
+            self.wsgi, listeners, self._wake_r, self.options(), self.log.error_log,
+            self.base_environ(),
+        )
+        if not self.alive:
+            self._core.stop()
+        self._core.run()
+        self.nr = self._core.requests
+
+
+def boot(worker: Worker) -> int:
+    """Run ``worker`` in the freshly forked child; returns the exit code."""
+    log = worker.log
+    try:
+        worker.init_process()
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except AppImportError as e:
+        log.error("%s", e)
+        return APP_LOAD_ERROR
+    except Exception:
+        log.exception("Exception in worker process")
+        return WORKER_BOOT_ERROR if not worker.booted else 1

@@ -1,0 +1,231 @@
+//! Sockets as the workers see them: listeners inherited from the master and accepted
+//! client streams, TCP or Unix, behind one enum each.
+//!
+//! The master (Python) binds every listener before fork; each worker receives the raw
+//! file descriptors and wraps a `dup` of them here, so dropping a Rust listener never
+//! closes the socket object the Python side still owns.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+/// A listening socket inherited from the master.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener, with the address it is bound to.
+    Tcp(TcpListener, SocketAddr),
+    /// A Unix-domain listener.
+    Unix(UnixListener),
+}
+
+/// Where a client connected from.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A TCP peer: `REMOTE_ADDR` and `REMOTE_PORT`.
+    Tcp(SocketAddr),
+    /// A Unix-socket peer: gunicorn reports an empty `REMOTE_ADDR` and no port, and
+    /// always trusts it for forwarded headers.
+    Unix,
+}
+
+impl Peer {
+    /// The peer IP, when there is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Peer::Tcp(addr) => Some(addr.ip()),
+            Peer::Unix => None,
+        }
+    }
+}
+
+/// An accepted client connection.
+#[derive(Debug)]
+pub enum Stream {
+    /// TCP client.
+    Tcp(TcpStream),
+    /// Unix-socket client.
+    Unix(UnixStream),
+}
+
+impl Listener {
+    /// Wraps a duplicate of an inherited listening descriptor. `is_unix` comes from the
+    /// master, which knows the family it bound.
+    pub fn from_inherited(fd: RawFd, is_unix: bool) -> io::Result<Listener> {
+        // SAFETY: `fd` is a listening socket the master bound and keeps open for the
+        // whole life of this worker; borrowing it for the duration of `try_clone_to_owned`
+        // (a dup) is sound, and the dup is the only descriptor the new listener owns.
+        let owned: OwnedFd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+        if is_unix {
+            let l = UnixListener::from(owned);
+            l.set_nonblocking(true)?;
+            Ok(Listener::Unix(l))
+        } else {
+            let l = TcpListener::from(owned);
+            l.set_nonblocking(true)?;
+            let addr = l.local_addr()?;
+            Ok(Listener::Tcp(l, addr))
+        }
+    }
+
+    /// Accepts one pending connection; `WouldBlock` when another worker won the race.
+    /// The returned stream is blocking: the sync worker reads it with timeouts.
+    pub fn accept(&self) -> io::Result<(Stream, Peer)> {
+        match self {
+            Listener::Tcp(l, _) => {
+                let (s, addr) = l.accept()?;
+                s.set_nonblocking(false)?;
+                // Responses are written whole (head and body coalesced), so Nagle only
+                // adds latency to the final segment; gunicorn sets TCP_NODELAY too.
+                s.set_nodelay(true)?;
+                Ok((Stream::Tcp(s), Peer::Tcp(addr)))
+            }
+            Listener::Unix(l) => {
+                let (s, _) = l.accept()?;
+                s.set_nonblocking(false)?;
+                Ok((Stream::Unix(s), Peer::Unix))
+            }
+        }
+    }
+
+    /// `SERVER_NAME` and `SERVER_PORT` as gunicorn derives them: from the listening
+    /// socket's address, not the Host header. `None` for Unix sockets, where the Host
+    /// header decides.
+    pub fn server_name_port(&self) -> Option<(String, String)> {
+        match self {
+            Listener::Tcp(_, addr) => Some((addr.ip().to_string(), addr.port().to_string())),
+            Listener::Unix(_) => None,
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l, _) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+impl Stream {
+    /// Bounds every blocking read and write, so a client that stops sending or
+    /// reading cannot pin the worker forever.
+    pub fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+            Stream::Unix(s) => {
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+        }
+    }
+
+    /// Half-closes the sending side, then discards what the client still sends for a
+    /// short while before the caller drops the stream. Closing a socket with unread
+    /// input makes the kernel send RST, which can destroy the response still in flight
+    /// (gunicorn ≥26 does the same "graceful close").
+    pub fn close_gracefully(&mut self) {
+        let shut = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        };
+        if shut.is_err() {
+            return;
+        }
+        let _ = self.set_timeouts(Some(Duration::from_millis(500)));
+        let mut sink = [0u8; 8192];
+        let mut drained = 0usize;
+        while drained < 64 * 1024 {
+            match self.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes every byte of `bufs` with as few syscalls as the kernel allows.
+pub fn write_all_vectored(w: &mut impl Write, bufs: &[&[u8]]) -> io::Result<()> {
+    let mut idx = 0usize;
+    let mut off = 0usize;
+    while idx < bufs.len() {
+        if bufs[idx].len() == off {
+            idx += 1;
+            off = 0;
+            continue;
+        }
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(bufs.len() - idx);
+        slices.push(IoSlice::new(&bufs[idx][off..]));
+        for b in &bufs[idx + 1..] {
+            slices.push(IoSlice::new(b));
+        }
+        let mut n = match w.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while n > 0 && idx < bufs.len() {
+            let left = bufs[idx].len() - off;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes ownership of a raw descriptor handed over from Python.
+///
+/// # Safety
+/// `fd` must be an open descriptor that nothing else will close.
+pub unsafe fn owned_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: guaranteed by the caller.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

@@ -1,0 +1,54 @@
+//! Worker processes: what runs in each child after fork.
+//!
+//! A worker is entered from Python (`ferrocorn.worker`), after the app is imported and
+//! the signal handlers are installed, and stays in Rust until it stops. Its state is a
+//! [`Phase`] held in an atomic, so a Python signal handler can move it from `Serving`
+//! to `Draining` while the Rust loop is running.
+
+pub mod sync;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Accepting and serving.
+    Serving = 0,
+    /// SIGTERM: finish the current request, take what is already queued in the
+    /// listen backlog, then exit.
+    Draining = 1,
+    /// Leave as soon as the current request is done (max-requests reached).
+    Exiting = 2,
+}
+
+/// A [`Phase`] shared with signal handlers.
+#[derive(Debug)]
+pub struct PhaseCell(AtomicU8);
+
+impl PhaseCell {
+    /// A worker that is serving.
+    pub fn new() -> Self {
+        PhaseCell(AtomicU8::new(Phase::Serving as u8))
+    }
+
+    /// The current phase.
+    pub fn get(&self) -> Phase {
+        match self.0.load(Ordering::Acquire) {
+            0 => Phase::Serving,
+            1 => Phase::Draining,
+            _ => Phase::Exiting,
+        }
+    }
+
+    /// Moves to `p`, never backwards (a drain cannot be undone by a later signal).
+    pub fn advance(&self, p: Phase) {
+        self.0.fetch_max(p as u8, Ordering::AcqRel);
+    }
+}
+
+impl Default for PhaseCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}

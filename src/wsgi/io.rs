@@ -1,0 +1,95 @@
+//! The client connection as the WSGI objects share it: the stream plus the bytes read
+//! past the request head.
+//!
+//! `wsgi.input` reads from it, `start_response`'s `write()` and the response writer
+//! write to it, and the worker loop reads the next head from it. All of them run on the
+//! thread that called the app, so the mutex is uncontended; it exists because pyclasses
+//! must be `Send` and the gthread worker will hand connections between threads.
+
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+
+use crate::net::{write_all_vectored, Stream};
+
+/// How much one `read()` asks the kernel for. gunicorn 27 reads bodies up to 1 MiB per
+/// step (its #2596 fix); 64 KiB keeps the per-connection buffer small while still
+/// moving large uploads in few syscalls.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// A client connection and its read buffer.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket.
+    pub stream: Stream,
+    /// Bytes received and not yet consumed; `buf[pos..]` is pending.
+    pub buf: Vec<u8>,
+    /// Start of the unconsumed bytes in `buf`.
+    pub pos: usize,
+}
+
+impl Conn {
+    /// Wraps a freshly accepted stream.
+    pub fn new(stream: Stream) -> Conn {
+        Conn {
+            stream,
+            buf: Vec::with_capacity(8192),
+            pos: 0,
+        }
+    }
+
+    /// The unconsumed bytes.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Marks `n` pending bytes as consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+
+    /// Reads more bytes from the socket into the buffer; returns 0 at EOF.
+    ///
+    /// `Interrupted` is returned to the caller rather than retried here: the caller
+    /// holds the GIL again by then and must run Python's signal handlers
+    /// (`check_signals`) so that SIGQUIT or SIGINT can end a worker blocked on a slow
+    /// client.
+    pub fn fill(&mut self) -> io::Result<usize> {
+        if self.pos > 0 && self.pos * 2 >= self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let start = self.buf.len();
+        self.buf.resize(start + READ_CHUNK, 0);
+        let res = self.stream.read(&mut self.buf[start..]);
+        let n = *res.as_ref().unwrap_or(&0);
+        self.buf.truncate(start + n);
+        res
+    }
+
+    /// Writes all of `bufs` to the client.
+    pub fn write_all(&mut self, bufs: &[&[u8]]) -> io::Result<()> {
+        write_all_vectored(&mut self.stream, bufs)
+    }
+
+    /// Writes one buffer.
+    pub fn write_one(&mut self, data: &[u8]) -> io::Result<()> {
+        self.stream.write_all(data)
+    }
+}
+
+/// A connection shared between the worker loop and the WSGI objects of one request.
+pub type SharedConn = Arc<Mutex<Conn>>;
+
+/// Locks the connection; a poisoned lock (a panic while writing) is reported to Python
+/// as an OSError rather than propagating the panic.
+pub fn lock(conn: &SharedConn) -> PyResult<MutexGuard<'_, Conn>> {
+    conn.lock()
+        .map_err(|_| PyOSError::new_err("connection state poisoned by an earlier panic"))
+}
