@@ -398,6 +398,7 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(mem_gib, 1),
         "python": platform.python_version(),
         "wrk": first_line(["wrk", "-v"]).split(" [")[0],
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -678,7 +679,9 @@ def section(
     out = [f"## Scenario `{sc.name}`: {sc.title}{quick}", ""]
     out.append(
         f"Measured {meta['date']} on {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, "
-        f"{m['kernel']}, Python {m['python']}, {m['wrk']}. Versions: {versions}."
+        f"{m['kernel']}, Python {m['python']}, {m['wrk']}. Versions: {versions}. "
+        f"1-minute load average before the run: {m['loadavg_1m']}"
+        + (" (other work was competing for the CPUs)." if m["loadavg_1m"] >= 0.5 else ".")
     )
     out += [
         "",
@@ -916,6 +919,7 @@ def run_scenario(sc: Scenario, opts: argparse.Namespace) -> None:
         fv = installed_version("ferrocorn")
         versions["ferrocorn"] = f"{fv or '?'} (git {git_rev() or '?'})"
 
+    host_info = machine()  # before the runs: the load average is the background load
     runs: list[Run] = []
     cases = list(iter_cases(sc, opts))
     for rnd in range(opts.rounds):
@@ -946,10 +950,10 @@ def run_scenario(sc: Scenario, opts: argparse.Namespace) -> None:
     runs.sort(key=lambda r: (case_rank[r.case], rank[r.server], r.round))
 
     now = dt.datetime.now(dt.UTC)
-    meta = {
+    meta: dict[str, Any] = {
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python benches/run.py " + shlex.join(sys.argv[1:]),
-        "machine": machine(),
+        "machine": host_info,
         "versions": versions,
         "duration_s": opts.duration,
         "warmup_s": opts.warmup,
