@@ -5,8 +5,14 @@
 //! framing decoders ([`body`]) and the bytes of the error responses gunicorn sends
 //! ([`response`]). It never touches pyo3, sockets or threads, so it is unit-tested and
 //! fuzzed on plain byte slices; the worker layers above feed it buffers.
+//!
+//! Tests: each module's `mod tests` feeds byte literals whole, byte by byte and in random
+//! splits; `corpus` (tests only) replays `tests/requests` through the parser and
+//! decoders; `fuzz/` (cargo-fuzz target `parse_request`) checks that no input panics and
+//! that splitting never changes an outcome.
 
 pub mod body;
+mod corpus;
 pub mod error;
 pub mod parse;
 pub mod response;
@@ -14,3 +20,5 @@ pub mod response;
 pub use body::{Decoded, Decoder};
 pub use error::HttpError;
 pub use parse::{parse_head, BodyKind, Limits, RequestHead, Version};
+pub use parse::{percent_decode, HeadParser};
+pub use response::{error_response, http_date_now, reason_phrase, write_http_date};
