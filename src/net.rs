@@ -89,6 +89,30 @@ impl Listener {
         }
     }
 
+    /// How many connections wait in this listener's accept queue, when the kernel says
+    /// (TCP only: for a listening socket `tcpi_unacked` is the accept-queue length, the
+    /// figure `ss` shows as Recv-Q).
+    pub fn queued(&self) -> Option<u32> {
+        let Listener::Tcp(l, _) = self else {
+            return None;
+        };
+        // SAFETY: tcp_info is a plain C struct; all-zero bytes are a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>()).ok()?;
+        // SAFETY: the descriptor is a live socket owned by `l`; `info` and `len` are
+        // valid for writes of the sizes given, as getsockopt requires.
+        let rc = unsafe {
+            libc::getsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(info.tcpi_unacked)
+    }
+
     /// `SERVER_NAME` and `SERVER_PORT` as gunicorn derives them: from the listening
     /// socket's address, not the Host header. `None` for Unix sockets, where the Host
     /// header decides.

@@ -18,7 +18,7 @@ def run(argv: list[str]) -> int:
     try:
         cfg, app_uri = load_config(argv, os.environ)
     except ConfigError as e:
-        return _fail(str(e))
+        return _fail(str(e), e.exit_code)
 
     from ferrocorn.app import AppImportError, import_app, prepare_sys_path
 
@@ -53,6 +53,15 @@ def run(argv: list[str]) -> int:
     for warning in getattr(cfg, "warnings", []):
         log.warning("%s", warning)
     arbiter = Arbiter(cfg, app_uri, log)
+    if cfg.preload_app:
+        # As gunicorn: with --preload an import error stops the master itself.
+        try:
+            arbiter.preload()
+        except AppImportError as e:
+            return _fail(str(e))
+        except Exception as e:
+            log.exception("Exception while preloading the application")
+            return _fail(f"{type(e).__name__}: {e} (while importing {app_uri!r})")
     try:
         return arbiter.run()
     except BindError as e:

@@ -9,6 +9,7 @@ the main loop handles one signal at a time, then reaps and tops up the workers.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import random
 import select
@@ -19,15 +20,13 @@ from types import FrameType
 from typing import Any
 
 from ferrocorn._version import __version__
+from ferrocorn.app import import_app
 from ferrocorn.glogging import Logger
 from ferrocorn.sock import Listener, create_listeners
 from ferrocorn.worker import APP_LOAD_ERROR, WORKER_BOOT_ERROR, Worker, boot
 
-SIGNAMES = {
-    getattr(signal, name): name[3:].lower()
-    for name in dir(signal)
-    if name.startswith("SIG") and not name.startswith("SIG_")
-}
+# Canonical names only: iterating the enum skips aliases such as SIGCLD for SIGCHLD.
+SIGNAMES = {sig.value: sig.name[3:].lower() for sig in signal.Signals}
 
 
 class HaltServer(Exception):  # noqa: N818 - gunicorn's name
@@ -65,6 +64,15 @@ class Arbiter:
     @property
     def LISTENERS(self) -> list[Listener]:  # noqa: N802
         return self.listeners
+
+    def preload(self) -> None:
+        """``--preload``: import the app here, before fork, so workers share its pages
+        copy-on-write. ``gc.freeze()`` moves those objects out of the collector's
+        generations: a collection in a worker would otherwise touch (and so copy) every
+        page holding them."""
+        self.preloaded_app = import_app(self.app_uri)
+        gc.collect()
+        gc.freeze()
 
     def start(self) -> None:
         self.log.info("Starting ferrocorn %s", __version__)

@@ -35,7 +35,13 @@ USAGE = "%(prog)s [OPTIONS] [APP_MODULE]"
 
 
 class ConfigError(Exception):
-    """A configuration problem; the caller prints ``Error: <message>`` and exits 1."""
+    """A configuration problem; the caller prints ``Error: <message>`` and exits with
+    ``exit_code``: 2 for a bad value on the command line (gunicorn's argparse type
+    errors), 1 otherwise (config file, environment)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _show(value: Any) -> str:
@@ -90,8 +96,11 @@ class Config:
             validated = setting.validator(value)
         except (ValueError, TypeError) as exc:
             shown_value = _show(value if shown is None else shown)
+            from_args = source in ("cli", *CMD_ARGS_VARS)
+            where = f" ({'/'.join(setting.cli)})" if from_args and setting.cli else ""
             raise ConfigError(
-                f"Invalid value for {name}{origin}: {shown_value} (expected {exc})"
+                f"Invalid value for {name}{where}{origin}: {shown_value} (expected {exc})",
+                2 if from_args else 1,
             ) from None
         _check_supported(setting, validated)
         setting.value = validated

@@ -142,6 +142,7 @@ impl SyncWorker {
             log: log.clone_ref(listeners.py()),
             limits: opts.limits,
             sendfile: opts.sendfile,
+            pending_exit: None,
         };
         Ok(SyncWorker {
             phase: PhaseCell::new(),
@@ -284,13 +285,21 @@ impl SyncWorker {
         }
     }
 
-    /// Takes every connection already waiting in the backlog before exiting, so a
-    /// graceful stop does not reset them (gunicorn's #3397).
+    /// Takes the connections already waiting in the backlog before exiting, so a
+    /// graceful stop does not reset them (gunicorn's #3397). Bounded by what was
+    /// queued when the drain began: under steady load new arrivals would otherwise keep
+    /// a draining worker alive until graceful_timeout, and the workers that stay take
+    /// them anyway.
     fn drain_backlog(&self, py: Python<'_>, run: &mut Running) -> PyResult<()> {
         for i in 0..run.listeners.len() {
-            loop {
+            // Unix sockets do not report their queue: take at most a small batch.
+            let mut budget = run.listeners[i].0.queued().unwrap_or(64);
+            while budget > 0 {
                 match run.listeners[i].0.accept() {
-                    Ok((stream, peer)) => self.serve(py, run, i, stream, peer)?,
+                    Ok((stream, peer)) => {
+                        budget -= 1;
+                        self.serve(py, run, i, stream, peer)?;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 }
@@ -349,7 +358,12 @@ impl SyncWorker {
         let outcome = run.handler.handle(py, &conn, &head, &peer, &info, false);
         let clean = matches!(outcome, Outcome::KeepAlive | Outcome::Close { clean: true });
         close(py, &conn, clean);
-        Ok(())
+        // SystemExit or KeyboardInterrupt raised inside the app by a signal handler
+        // (QUIT, INT, ABRT): the client got its answer, now the worker leaves.
+        match run.handler.take_exit() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 

@@ -91,10 +91,12 @@ impl BodyState {
             let n = py.detach(|| conn.fill());
             match n {
                 Ok(0) => {
-                    self.error = Some(HttpError::IncompleteBody);
-                    return Err(InvalidRequestBody::new_err(
-                        "client closed the connection before the body ended",
-                    ));
+                    // gunicorn 27 answers a chunked body cut short where a CRLF was
+                    // due with 400; elsewhere it is a client that went away.
+                    let err = self.decoder.eof_error(guard.pending());
+                    let msg = err.to_string();
+                    self.error = Some(err);
+                    return Err(InvalidRequestBody::new_err(msg));
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {

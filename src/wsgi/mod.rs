@@ -58,9 +58,17 @@ pub struct Handler {
     pub limits: Limits,
     /// Whether `sendfile(2)` may be used for `wsgi.file_wrapper`.
     pub sendfile: bool,
+    /// A `SystemExit`/`KeyboardInterrupt` that escaped the app (raised by a signal
+    /// handler while it ran); the worker re-raises it once the response is settled.
+    pub pending_exit: Option<PyErr>,
 }
 
 impl Handler {
+    /// Takes the exit request left by the last request, if any.
+    pub fn take_exit(&mut self) -> Option<PyErr> {
+        self.pending_exit.take()
+    }
+
     fn log_msg(&self, py: Python<'_>, level: &str, msg: &str) {
         if let Err(e) = self.log.bind(py).call_method1(level, (msg,)) {
             e.print(py);
@@ -69,7 +77,10 @@ impl Handler {
 
     fn log_exc(&self, py: Python<'_>, msg: &str, err: &PyErr) {
         let kwargs = PyDict::new(py);
-        let logged = kwargs.set_item("exc_info", err.value(py)).and_then(|()| {
+        // logging formats the traceback from exc_info; pass the full triple, since the
+        // exception value alone may not carry its traceback yet.
+        let exc_info = (err.get_type(py), err.value(py), err.traceback(py));
+        let logged = kwargs.set_item("exc_info", exc_info).and_then(|()| {
             self.log
                 .bind(py)
                 .call_method("error", (msg,), Some(&kwargs))
@@ -96,7 +107,7 @@ impl Handler {
             "warning",
             &format!("Invalid request from ip={ip}: {err}"),
         );
-        let bytes = error_response(err.status(), err.reason(), &err.to_string());
+        let bytes = err.to_response();
         write_now(py, conn, &bytes);
     }
 
@@ -185,6 +196,11 @@ impl Handler {
         let mut failed_status = None;
         if let Err(err) = outcome {
             failed_status = Some(self.app_error(py, conn, head, peer, &resp, &input, &err));
+            let is_exit = err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+                || err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py);
+            if is_exit {
+                self.pending_exit = Some(err);
+            }
         }
 
         let (status, keep, bytes_sent, headers) = match lock_response(&resp) {
@@ -201,12 +217,18 @@ impl Handler {
             let decoded_path = crate::http::percent_decode(path);
             let decoded_path: String = decoded_path.iter().map(|&b| char::from(b)).collect();
             let remote = peer.ip().map(|i| i.to_string()).unwrap_or_default();
+            // gunicorn lower-cases `{var}e` names and matches them case-insensitively.
             let env_lookup = |k: &str| -> Option<String> {
-                environ
-                    .get_item(k)
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.str().ok().map(|s| s.to_string()))
+                let value = match environ.get_item(k).ok().flatten() {
+                    Some(v) => Some(v),
+                    None => environ.iter().find_map(|(key, v)| {
+                        key.str()
+                            .ok()
+                            .filter(|s| s.to_string().eq_ignore_ascii_case(k))
+                            .map(|_| v)
+                    }),
+                };
+                value.and_then(|v| v.str().ok().map(|s| s.to_string()))
             };
             log.write(&Record {
                 remote_addr: &remote,
