@@ -353,7 +353,6 @@ class ServerExited(Exception):
 def _scrubbed_env(extra=None, runtime_dir=None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB_ENV}
     env["PYTHONUNBUFFERED"] = "1"
-    env.pop("PYTHONPATH", None)
     if runtime_dir:
         # gunicorn >= 25.1 opens a control socket in $XDG_RUNTIME_DIR by default;
         # keep each server's socket private.
@@ -395,7 +394,9 @@ class Server:
         self.stderr_path = self.workdir / "stderr.log"
         self._stdout = open(self.stdout_path, "wb")
         self._stderr = open(self.stderr_path, "wb")
-        self.env = _scrubbed_env(env, runtime_dir=self.workdir)
+        # short private runtime dir (unix socket paths are limited to 108 bytes)
+        self.runtime_dir = tempfile.mkdtemp(prefix="fcrt")
+        self.env = _scrubbed_env(env, runtime_dir=self.runtime_dir)
         self.addresses: list = []
         self.listen_urls: list[str] = []
         self.returncode: int | None = None
@@ -522,6 +523,7 @@ class Server:
         for f in (self._stdout, self._stderr):
             with contextlib.suppress(Exception):
                 f.close()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     # ----------------------------------------------------------------- workers
 

@@ -20,11 +20,25 @@ def test_bad_int_type_exits_2(cli):
     assert "--workers" in p.stderr
 
 
+def expected_version(helpers) -> str:
+    from importlib import metadata
+
+    name = "gunicorn" if helpers.is_gunicorn else "ferrocorn"
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        pyproject = helpers.tests_dir.parent / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["version"]
+
+
 @pytest.mark.parametrize("flag", ["--version", "-v"])
-def test_version(cli, flag):
+def test_version(cli, helpers, flag):
     p = cli([flag])
     assert p.returncode == 0
     out = p.stdout + p.stderr
+    assert expected_version(helpers) in out, out
     assert re.search(r"\(version \d+\.\d+(\.\d+)?", out), out
 
 
@@ -140,3 +154,33 @@ def test_wsgi_app_from_config_file(server, tmp_path, helpers):
     conf.write_text(f"wsgi_app = 'wsgiapps:create_app()'\nchdir = {str(helpers.apps_dir)!r}\n")
     srv = server(["-c", str(conf)], None)
     assert srv.get("/").body == b"factory"
+
+
+def test_pidfile(server, tmp_path):
+    pidfile = tmp_path / "server.pid"
+    srv = server(["--pid", str(pidfile)], "wsgiapps:app")
+    assert pidfile.read_text().strip() == str(srv.pid)
+    assert srv.stop() == 0
+    assert not pidfile.exists()
+
+
+def test_log_level_warning_hides_info(server, helpers):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = server(["-b", f"127.0.0.1:{port}", "--log-level", "warning"], "wsgiapps:app",
+                 wait=False)
+    srv.addresses = [("127.0.0.1", port)]
+    srv.probe(srv.address, time.monotonic() + 30)
+    assert srv.get("/raise/before").status == 500
+    srv.wait_for_log(r"\[ERROR\] Error handling request")
+    assert "[INFO]" not in srv.log()
+    assert "Listening at" not in srv.log()
+
+
+def test_log_level_debug(server):
+    srv = server(["--log-level", "debug"], "wsgiapps:app")
+    srv.wait_for_log(r"\[DEBUG\]")

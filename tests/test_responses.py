@@ -196,3 +196,25 @@ def test_no_100_continue_for_http10(app_server):
     raw = app_server.raw(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nab")
     assert raw.startswith(b"HTTP/1.0 200 ")
     assert b" 100 Continue" not in raw
+
+
+# --------------------------------------------------------------------------- app mistakes
+
+
+@pytest.mark.parametrize("query", [
+    "X-Bad=a%0Ab",       # LF in a header value (response splitting)
+    "X-Bad=a%0D%0AX-Injected:%201",
+    "X-Bad=a%01b",       # control character in a value
+    "Bad%20Name=1",      # not a token
+])
+def test_invalid_response_header_is_500(app_server, query):
+    raw = app_server.raw(f"GET /headers?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert raw.startswith(b"HTTP/1.1 500 "), raw[:200]
+    head = raw.partition(b"\r\n\r\n")[0]
+    assert b"X-Injected" not in head
+    assert b"X-Bad" not in head
+
+
+def test_invalid_status_is_500(app_server):
+    raw = app_server.raw(b"GET /body?status=abc HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 500 "), raw[:200]

@@ -215,3 +215,53 @@ def test_worker_term_under_load_drops_nothing(server):
     failures = [x for x in results if x != 200]
     assert len(results) >= 80
     assert not failures, f"{len(failures)} failed of {len(results)}: {failures[:5]}"
+
+
+def test_workers_exit_when_master_is_killed(server):
+    """Orphaned workers notice that their parent is gone and exit."""
+    import psutil
+
+    srv = server(["--workers", "2", "--timeout", "6"], "wsgiapps:app")
+    workers = srv.wait_workers(2)
+    os.kill(srv.pid, signal.SIGKILL)
+    srv.wait_exit(10)
+    deadline = time.monotonic() + 30
+    alive = workers
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in workers:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive, f"workers {alive} survived their master"
+
+
+def test_usr1_reopens_log_files(server, tmp_path):
+    log = tmp_path / "access.log"
+    srv = server(["--workers", "2", "--access-logfile", str(log)], "wsgiapps:app")
+    srv.wait_workers(2)
+    assert srv.get("/before-rotate").status == 200
+    deadline = time.monotonic() + 20
+    while "/before-rotate" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "no access line before rotation"
+        time.sleep(0.05)
+    rotated = tmp_path / "access.log.1"
+    log.rename(rotated)
+    os.kill(srv.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    n = 0
+    while True:
+        n += 1
+        assert srv.get(f"/after-rotate-{n}").status == 200
+        if log.exists() and "/after-rotate-" in log.read_text():
+            break
+        assert time.monotonic() < deadline, "log file was not reopened after USR1"
+        time.sleep(0.2)
+    assert "/before-rotate" in rotated.read_text()
+    assert "/before-rotate" not in log.read_text()
+    assert srv.alive()

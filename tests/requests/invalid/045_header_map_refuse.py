@@ -1,0 +1,4 @@
+"""--header-map refuse answers 400 to an underscore header."""
+
+status = 400
+args = ['--header-map', 'refuse']

@@ -1,0 +1,3 @@
+"""Two secure-scheme headers that disagree."""
+
+status = 400
