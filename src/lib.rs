@@ -6,6 +6,7 @@
 //! - [`wsgi`]: the PEP 3333 bridge (environ, `wsgi.input`, `start_response`, writer).
 //! - [`log`]: the access log (gunicorn's format atoms, escaped).
 //! - [`worker`]: the per-process worker loops that run after fork (sync today).
+//! - [`scoreboard`]: per-worker slots in shared memory (heartbeats, current request).
 //!
 //! The master process, configuration and app loading are Python (`python/ferrocorn`);
 //! `docs/ARCHITECTURE.md` has the process model and the request path.
@@ -13,6 +14,7 @@
 pub mod http;
 pub mod log;
 pub mod net;
+pub mod scoreboard;
 pub mod worker;
 pub mod wsgi;
 
@@ -23,6 +25,7 @@ use pyo3::prelude::*;
 fn _ferrocorn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<worker::sync::SyncWorker>()?;
+    m.add_class::<scoreboard::Scoreboard>()?;
     m.add_class::<wsgi::file_wrapper::FileWrapper>()?;
     m.add_class::<wsgi::input::Input>()?;
     m.add_class::<wsgi::response::StartResponse>()?;

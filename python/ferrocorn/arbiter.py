@@ -17,19 +17,31 @@ import signal
 import sys
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
+from ferrocorn import _ferrocorn
 from ferrocorn._version import __version__
 from ferrocorn.app import import_app
 from ferrocorn.glogging import Logger
 from ferrocorn.sock import Listener, create_listeners
 from ferrocorn.worker import APP_LOAD_ERROR, WORKER_BOOT_ERROR, Worker, boot
+from ferrocorn.worker import SIG_DUMP_STACKS as WORKER_SIG_DUMP_STACKS
 
 # Canonical names only: iterating the enum skips aliases such as SIGCLD for SIGCHLD.
 SIGNAMES = {sig.value: sig.name[3:].lower() for sig in signal.Signals}
 
 
-class HaltServer(Exception):  # noqa: N818 - gunicorn's name
+# Slots in the shared scoreboard: enough for any TTIN growth an operator plausibly does.
+SCOREBOARD_MIN_SLOTS = 256
+
+# A real-time signal the master sends a hung worker just before SIGABRT: faulthandler,
+# registered for it in every worker, writes the Python stack of every thread from the
+# C signal handler, so the stacks reach the log even when the worker is stuck in C
+# code with the GIL released and no Python handler can run.
+SIG_DUMP_STACKS = WORKER_SIG_DUMP_STACKS
+
+
+class HaltServer(Exception):
     """Stop the master with ``reason`` and exit ``exit_status``."""
 
     def __init__(self, reason: str, exit_status: int = 1) -> None:
@@ -43,9 +55,18 @@ class Arbiter:
 
     # TERM graceful; INT and QUIT quick; HUP reload; TTIN/TTOU one more/less worker;
     # USR1 reopen logs; USR2 re-exec (not yet); WINCH stop workers when daemonized.
-    SIGNALS = [signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM,
-               signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
-               signal.SIGWINCH, signal.SIGCHLD]
+    SIGNALS: ClassVar[list[int]] = [
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGWINCH,
+        signal.SIGCHLD,
+    ]
 
     def __init__(self, cfg: Any, app_uri: str, log: Logger) -> None:
         self.cfg = cfg
@@ -59,10 +80,14 @@ class Arbiter:
         self.sig_queue: list[int] = []
         self.preloaded_app: Any = None
         self.proc_name = cfg.proc_name
+        # Mapped before the first fork so every worker shares it; sized for TTIN
+        # growth well past the configured count.
+        self.board = _ferrocorn.Scoreboard(max(SCOREBOARD_MIN_SLOTS, 4 * self.num_workers))
+        self.free_slots = list(range(self.board.capacity - 1, -1, -1))
 
     # Hook-facing aliases (gunicorn hooks read these).
     @property
-    def LISTENERS(self) -> list[Listener]:  # noqa: N802
+    def LISTENERS(self) -> list[Listener]:
         return self.listeners
 
     def preload(self) -> None:
@@ -106,6 +131,7 @@ class Arbiter:
                 if sig is None:
                     self.sleep()
                     self.reap_workers()
+                    self.murder_workers()
                     self.manage_workers()
                     continue
                 name = SIGNAMES.get(sig, str(sig))
@@ -177,8 +203,10 @@ class Arbiter:
         self.kill_workers(signal.SIGUSR1)
 
     def handle_usr2(self) -> None:
-        self.log.warning("USR2 (re-exec a new master) is not supported by ferrocorn yet; "
-                         "use HUP to reload workers")
+        self.log.warning(
+            "USR2 (re-exec a new master) is not supported by ferrocorn yet; "
+            "use HUP to reload workers"
+        )
 
     def handle_winch(self) -> None:
         self.log.debug("SIGWINCH ignored. Not daemonized")
@@ -206,10 +234,53 @@ class Arbiter:
             return 0
         return limit + random.randint(0, max(0, int(self.cfg.max_requests_jitter)))
 
+    def murder_workers(self) -> None:
+        """``--timeout``: a worker whose slot shows no sign of life for longer than the
+        timeout is dumped, aborted (SIGABRT: its handler answers the client with a 500)
+        and, if still there on the next pass, killed. Waiting on a client socket does
+        not count (state ``io``): the socket timeouts bound that."""
+        timeout = float(self.cfg.timeout)
+        if timeout <= 0:
+            return
+        for pid, worker in list(self.workers.items()):
+            snap = self.board.snapshot(worker.slot)
+            limit = 2 * timeout if snap["state"] == "io" else timeout
+            if snap["heartbeat_age"] <= limit:
+                continue
+            if not worker.aborted:
+                self.log.critical("WORKER TIMEOUT (pid:%s)", pid)
+                if snap["request"]:
+                    self.log.critical(
+                        "Worker (pid:%s) was serving %s for %.1f s; its threads' stacks follow",
+                        pid,
+                        snap["request"],
+                        snap["request_age"] or 0.0,
+                    )
+                worker.aborted = True
+                self.kill_worker(pid, SIG_DUMP_STACKS)
+                self.kill_worker(pid, signal.SIGABRT)
+            else:
+                self.kill_worker(pid, signal.SIGKILL)
+
     def spawn_worker(self) -> int:
+        if not self.free_slots:
+            self.log.error("No free scoreboard slot: not starting another worker")
+            return 0
         self.worker_age += 1
-        worker = Worker(self.worker_age, self.pid, self.listeners, self.app_uri, self.cfg,
-                        self.log, self.worker_max_requests(), self.preloaded_app)
+        slot = self.free_slots.pop()
+        worker = Worker(
+            self.worker_age,
+            self.pid,
+            self.listeners,
+            self.app_uri,
+            self.cfg,
+            self.log,
+            self.worker_max_requests(),
+            self.preloaded_app,
+        )
+        worker.board = self.board
+        worker.slot = slot
+        self.board.claim(slot, worker.max_requests)
         self.cfg.pre_fork(self, worker)
         self.log.flush()
         pid = os.fork()
@@ -224,6 +295,7 @@ class Arbiter:
             os.close(self._pipe_r)
             os.close(self._pipe_w)
             worker.pid = os.getpid()
+            self.board.set_pid(worker.slot, worker.pid)
             self.log.info("Booting worker with pid: %s", worker.pid)
             self.cfg.post_fork(self, worker)
             code = boot(worker)
@@ -262,15 +334,23 @@ class Arbiter:
             worker = self.workers.pop(wpid, None)
             if worker is None:
                 continue  # not ours (e.g. ferrocorn running as PID 1)
+            self.board.release(worker.slot)
+            self.free_slots.append(worker.slot)
             code = os.waitstatus_to_exitcode(status)
-            if code > 0:
+            if worker.aborted:
+                # Not "Perhaps out of memory?": we know why it died.
+                self.log.error(
+                    "Worker (pid:%s) was stopped after WORKER TIMEOUT (%s)",
+                    wpid,
+                    f"exit code {code}" if code >= 0 else signal.Signals(-code).name,
+                )
+            elif code > 0:
                 self.log.error("Worker (pid:%s) exited with code %s.", wpid, code)
             elif code < 0:
                 sig = -code
                 name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
                 if sig == signal.SIGKILL:
-                    self.log.error("Worker (pid:%s) was sent SIGKILL! Perhaps out of memory?",
-                                   wpid)
+                    self.log.error("Worker (pid:%s) was sent SIGKILL! Perhaps out of memory?", wpid)
                 elif sig == signal.SIGTERM:
                     self.log.info("Worker (pid:%s) was sent SIGTERM!", wpid)
                 else:

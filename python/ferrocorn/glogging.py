@@ -65,7 +65,7 @@ class Logger:
         if target == "-":
             self._access_file = sys.stdout
         else:
-            self._access_file = open(target, "a", buffering=1)  # noqa: SIM115
+            self._access_file = open(target, "a", buffering=1)
 
     @property
     def access_fd(self) -> int | None:

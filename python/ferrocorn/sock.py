@@ -53,8 +53,9 @@ class Listener:
 
 
 def _tcp_socket(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
-    infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
-                               0, socket.AI_PASSIVE)
+    infos = socket.getaddrinfo(
+        host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -107,8 +108,9 @@ def create_listeners(cfg: Any, log: Logger) -> list[Listener]:
                 elif kind == "fd":
                     sock = _fd_socket(int(address[1]), cfg.backlog)
                 else:
-                    sock = _tcp_socket(str(address[1]), int(address[2]), cfg.backlog,
-                                       bool(cfg.reuse_port))
+                    sock = _tcp_socket(
+                        str(address[1]), int(address[2]), cfg.backlog, bool(cfg.reuse_port)
+                    )
                 break
             except OSError as e:
                 shown = _show(address)

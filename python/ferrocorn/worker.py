@@ -9,6 +9,7 @@ the Rust loop polls the ``set_wakeup_fd`` pipe and runs them, so hooks such as
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import random
 import signal
@@ -22,6 +23,9 @@ from ferrocorn._version import __version__
 from ferrocorn.app import AppImportError, import_app
 from ferrocorn.glogging import Logger
 from ferrocorn.sock import Listener
+
+# See arbiter.SIG_DUMP_STACKS (defined here to avoid an import cycle).
+SIG_DUMP_STACKS = signal.SIGRTMIN + 1
 
 # Exit codes that make the master halt instead of respawning (gunicorn's values).
 WORKER_BOOT_ERROR = 3
@@ -53,8 +57,17 @@ class Worker:
     Built in the master before fork, so ``__init__`` must not touch the process.
     """
 
-    def __init__(self, age: int, ppid: int, listeners: list[Listener], app_uri: str,
-                 cfg: Any, log: Logger, max_requests: int, preloaded_app: Any = None) -> None:
+    def __init__(
+        self,
+        age: int,
+        ppid: int,
+        listeners: list[Listener],
+        app_uri: str,
+        cfg: Any,
+        log: Logger,
+        max_requests: int,
+        preloaded_app: Any = None,
+    ) -> None:
         self.age = age
         self.nr = 0
         self.ppid = ppid
@@ -70,6 +83,8 @@ class Worker:
         self.pid: int = 0
         self.wsgi: Any = preloaded_app
         self._core: Any = None
+        self.board: Any = None  # the master's Scoreboard, set before fork
+        self.slot = 0
 
     def __str__(self) -> str:
         return f"<Worker {self.pid}>"
@@ -88,8 +103,7 @@ class Worker:
         self.run()
 
     def init_signals(self) -> None:
-        for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD, signal.SIGTTIN,
-                    signal.SIGTTOU):
+        for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self.handle_exit)
         signal.signal(signal.SIGQUIT, self.handle_quit)
@@ -102,6 +116,9 @@ class Worker:
         signal.siginterrupt(signal.SIGTERM, False)
         signal.siginterrupt(signal.SIGUSR1, False)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        # Stacks of every thread on the master's request, from C: works while the
+        # worker is stuck in C code with the GIL released (see arbiter.SIG_DUMP_STACKS).
+        faulthandler.register(SIG_DUMP_STACKS, file=self.log.error_stream(), all_threads=True)
 
     def load_wsgi(self) -> Any:
         return import_app(self.app_uri)
@@ -148,8 +165,9 @@ class Worker:
             "limit_request_field_size": int(cfg.limit_request_field_size),
             "sendfile": bool(cfg.sendfile),
             "forwarded_allow_ips": list(cfg.forwarded_allow_ips),
-            "secure_scheme_headers": [(str(k), str(v))
-                                      for k, v in cfg.secure_scheme_headers.items()],
+            "secure_scheme_headers": [
+                (str(k), str(v)) for k, v in cfg.secure_scheme_headers.items()
+            ],
             "forwarder_headers": list(cfg.forwarder_headers),
             "script_name": os.environ.get("SCRIPT_NAME", ""),
             "access_log_fd": self.log.access_fd,
@@ -160,8 +178,14 @@ class Worker:
     def run(self) -> None:
         listeners = [(s.fileno(), s.is_unix) for s in self.sockets]
         self._core = _ferrocorn.SyncWorker(
-            self.wsgi, listeners, self._wake_r, self.options(), self.log.error_log,
+            self.wsgi,
+            listeners,
+            self._wake_r,
+            self.options(),
+            self.log.error_log,
             self.base_environ(),
+            self.board,
+            self.slot,
         )
         if not self.alive:
             self._core.stop()

@@ -21,6 +21,7 @@ use crate::http::response::error_response;
 use crate::http::{parse_head, HttpError, Limits};
 use crate::log::AccessLog;
 use crate::net::{Listener, Peer, Stream};
+use crate::scoreboard::{Scoreboard, Slot, SlotState};
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::{EnvironBuilder, EnvironConfig, ListenerInfo, Trust};
 use crate::wsgi::io::Conn;
@@ -100,6 +101,15 @@ struct Running {
     served: u64,
     /// The master's pid; a different parent means the master died.
     ppid: i32,
+    /// This worker's scoreboard slot.
+    board: Py<Scoreboard>,
+    slot: usize,
+}
+
+impl Running {
+    fn slot(&self) -> Option<&Slot> {
+        self.board.get().slot(self.slot)
+    }
 }
 
 /// The sync worker, driven from `ferrocorn.worker`.
@@ -116,6 +126,7 @@ impl SyncWorker {
     /// `listeners` is a list of `(fd, is_unix)`; `wake_fd` the read end of the pipe
     /// given to `signal.set_wakeup_fd`; `base_environ` the per-worker constant keys.
     #[new]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python call site, one line each
     fn new(
         app: Py<PyAny>,
         listeners: &Bound<'_, PyList>,
@@ -123,6 +134,8 @@ impl SyncWorker {
         options: &Bound<'_, PyDict>,
         log: Py<PyAny>,
         base_environ: Py<PyDict>,
+        board: Py<Scoreboard>,
+        slot: usize,
     ) -> PyResult<Self> {
         let opts = Options::from_dict(options)?;
         let mut ls = Vec::new();
@@ -154,6 +167,8 @@ impl SyncWorker {
                 max_requests: opts.max_requests,
                 served: 0,
                 ppid: get(options, "ppid")?,
+                board,
+                slot,
             }),
             log,
         })
@@ -185,6 +200,9 @@ impl SyncWorker {
                     return Ok("stopped");
                 }
                 Phase::Exiting => return Ok("max_requests"),
+            }
+            if let Some(slot) = run.slot() {
+                slot.set_state(SlotState::Idle);
             }
             let ready = wait_readable(py, &run)?;
             if nix::unistd::getppid().as_raw() != run.ppid {
@@ -291,6 +309,9 @@ impl SyncWorker {
     /// a draining worker alive until graceful_timeout, and the workers that stay take
     /// them anyway.
     fn drain_backlog(&self, py: Python<'_>, run: &mut Running) -> PyResult<()> {
+        if let Some(slot) = run.slot() {
+            slot.set_state(SlotState::Draining);
+        }
         for i in 0..run.listeners.len() {
             // Unix sockets do not report their queue: take at most a small batch.
             let mut budget = run.listeners[i].0.queued().unwrap_or(64);
@@ -319,6 +340,9 @@ impl SyncWorker {
         if let Err(e) = stream.set_timeouts(run.timeout) {
             self.log_error(py, &format!("setting socket timeouts: {e}"));
             return Ok(());
+        }
+        if let Some(slot) = run.slot() {
+            slot.set_state(SlotState::Io);
         }
         let conn = Arc::new(Mutex::new(Conn::new(stream)));
         let head = match read_head(py, &conn, &run.handler.limits)? {
@@ -355,7 +379,13 @@ impl SyncWorker {
             self.phase.advance(Phase::Exiting);
         }
         let info = run.listeners[listener].1.clone();
+        if let Some(slot) = run.slot() {
+            slot.begin_request(&head.method, head.split_target().0);
+        }
         let outcome = run.handler.handle(py, &conn, &head, &peer, &info, false);
+        if let Some(slot) = run.slot() {
+            slot.end_request();
+        }
         let clean = matches!(outcome, Outcome::KeepAlive | Outcome::Close { clean: true });
         close(py, &conn, clean);
         // SystemExit or KeyboardInterrupt raised inside the app by a signal handler

@@ -229,7 +229,7 @@ impl EnvironBuilder {
                 // gunicorn ≥22 drops underscore names (#2799) so `X_Forwarded_For`
                 // cannot alias `X-Forwarded-For`; trusted proxies may still send the
                 // names listed in forwarder_headers.
-                if !(trusted && self.cfg.forwarder_headers.iter().any(|f| *f == upper)) {
+                if !(trusted && self.cfg.forwarder_headers.contains(&upper)) {
                     continue;
                 }
             }

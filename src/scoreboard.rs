@@ -1,0 +1,322 @@
+//! The scoreboard: one slot per worker in memory shared by the master and every
+//! worker, replacing gunicorn's heartbeat temp files.
+//!
+//! The master maps it (anonymous, `MAP_SHARED`) before the first fork, so every worker
+//! inherits the same pages. A worker only writes its own slot, with atomics; the master
+//! (and later `ferrocorn top` and `/metrics`) only read. No locks, no syscalls on the
+//! request path, no disk: gunicorn's `utime()` on a disk-backed /tmp could stall
+//! workers (its #1863).
+//!
+//! Times are `CLOCK_MONOTONIC` milliseconds, comparable across processes.
+
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
+
+use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
+use pyo3::exceptions::{PyIndexError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// What a worker is doing, as the master sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SlotState {
+    /// No worker owns the slot.
+    Free = 0,
+    /// Forked, importing the app.
+    Booting = 1,
+    /// Waiting for a connection.
+    Idle = 2,
+    /// Reading a request from, or writing a response to, a client. Bounded by the
+    /// socket timeouts, so the master does not count it against `--timeout`.
+    Io = 3,
+    /// Running the app for a request.
+    Busy = 4,
+    /// Stopping: finishing in-flight work.
+    Draining = 5,
+}
+
+impl SlotState {
+    fn from_u8(v: u8) -> SlotState {
+        match v {
+            1 => SlotState::Booting,
+            2 => SlotState::Idle,
+            3 => SlotState::Io,
+            4 => SlotState::Busy,
+            5 => SlotState::Draining,
+            _ => SlotState::Free,
+        }
+    }
+
+    /// The name reported to Python.
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotState::Free => "free",
+            SlotState::Booting => "booting",
+            SlotState::Idle => "idle",
+            SlotState::Io => "io",
+            SlotState::Busy => "busy",
+            SlotState::Draining => "draining",
+        }
+    }
+}
+
+/// Bytes of request text (method, space, path) kept per slot.
+const TEXT_WORDS: usize = 16;
+
+/// One worker's slot. Every field is an atomic, so a zero-filled page is a valid,
+/// free slot.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Slot {
+    /// Seqlock for `text`: odd while the worker rewrites it.
+    seq: AtomicU64,
+    pid: AtomicI32,
+    state: AtomicU8,
+    /// Requests served.
+    requests: AtomicU64,
+    /// Last sign of life.
+    heartbeat_ms: AtomicU64,
+    /// When the worker started.
+    started_ms: AtomicU64,
+    /// When the current request started (valid while Busy or Io).
+    request_start_ms: AtomicU64,
+    /// This worker's max-requests limit (0 = none).
+    max_requests: AtomicU64,
+    /// "METHOD /path" of the current request, NUL-padded.
+    text: [AtomicU64; TEXT_WORDS],
+}
+
+/// CLOCK_MONOTONIC in milliseconds.
+pub fn now_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
+        })
+        .unwrap_or(0)
+}
+
+impl Slot {
+    /// Records a sign of life.
+    pub fn heartbeat(&self) {
+        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Moves to `state` and records a heartbeat.
+    pub fn set_state(&self, state: SlotState) {
+        self.state.store(state as u8, Ordering::Release);
+        self.heartbeat();
+    }
+
+    /// A request began: remember what it is, for timeouts and `top`.
+    pub fn begin_request(&self, method: &str, path: &str) {
+        let mut buf = [0u8; TEXT_WORDS * 8];
+        let text = format!("{method} {path}");
+        let n = text.len().min(buf.len());
+        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        for (i, word) in self.text.iter().enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&buf[i * 8..i * 8 + 8]);
+            word.store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        let now = now_ms();
+        self.request_start_ms.store(now, Ordering::Relaxed);
+        self.heartbeat_ms.store(now, Ordering::Relaxed);
+        self.state.store(SlotState::Busy as u8, Ordering::Release);
+    }
+
+    /// A request ended.
+    pub fn end_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.set_state(SlotState::Idle);
+    }
+
+    fn read_text(&self) -> String {
+        for _ in 0..64 {
+            let before = self.seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut bytes = Vec::with_capacity(TEXT_WORDS * 8);
+            for w in &self.text {
+                bytes.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+            }
+            if self.seq.load(Ordering::Acquire) == before {
+                let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+                return String::from_utf8_lossy(&bytes[..end]).into_owned();
+            }
+        }
+        String::new()
+    }
+}
+
+/// The shared mapping, exposed to Python as `Scoreboard`.
+#[pyclass(module = "ferrocorn._ferrocorn", name = "Scoreboard", frozen)]
+#[derive(Debug)]
+pub struct Scoreboard {
+    base: NonNull<Slot>,
+    capacity: usize,
+    len_bytes: NonZeroUsize,
+}
+
+// SAFETY: the mapping is only ever accessed through `&Slot`, whose fields are all
+// atomics, so sharing it between threads (and processes) is sound; the pointer stays
+// valid until `Drop` unmaps it, which needs `&mut self`.
+unsafe impl Send for Scoreboard {}
+// SAFETY: as above.
+unsafe impl Sync for Scoreboard {}
+
+impl Scoreboard {
+    /// Slot `i`, if it exists.
+    pub fn slot(&self, i: usize) -> Option<&Slot> {
+        if i >= self.capacity {
+            return None;
+        }
+        // SAFETY: `base` points to `capacity` contiguous, zero-initialised (hence
+        // valid: all fields are atomics) `Slot`s that live as long as `self`.
+        Some(unsafe { &*self.base.as_ptr().add(i) })
+    }
+
+    fn slot_or_err(&self, i: usize) -> PyResult<&Slot> {
+        self.slot(i)
+            .ok_or_else(|| PyIndexError::new_err(format!("no scoreboard slot {i}")))
+    }
+}
+
+#[pymethods]
+impl Scoreboard {
+    /// Maps a board of `capacity` slots. Call before forking workers.
+    #[new]
+    fn new(capacity: usize) -> PyResult<Self> {
+        if capacity == 0 {
+            return Err(PyValueError::new_err(
+                "scoreboard capacity must be positive",
+            ));
+        }
+        let len = capacity
+            .checked_mul(std::mem::size_of::<Slot>())
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| PyValueError::new_err("scoreboard too large"))?;
+        // SAFETY: an anonymous shared mapping with no address hint aliases nothing;
+        // the kernel zero-fills it, which is a valid state for every `Slot`.
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )
+        }
+        .map_err(|e| PyOSError::new_err(format!("mmap scoreboard: {e}")))?;
+        Ok(Scoreboard {
+            base: ptr.cast(),
+            capacity,
+            len_bytes: len,
+        })
+    }
+
+    /// Number of slots.
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Master, before fork: give slot `i` to a new worker.
+    fn claim(&self, i: usize, max_requests: u64) -> PyResult<()> {
+        let s = self.slot_or_err(i)?;
+        let now = now_ms();
+        s.pid.store(0, Ordering::Relaxed);
+        s.requests.store(0, Ordering::Relaxed);
+        s.started_ms.store(now, Ordering::Relaxed);
+        s.request_start_ms.store(0, Ordering::Relaxed);
+        s.max_requests.store(max_requests, Ordering::Relaxed);
+        s.begin_request("", "");
+        s.set_state(SlotState::Booting);
+        Ok(())
+    }
+
+    /// Worker, after fork: record its pid.
+    fn set_pid(&self, i: usize, pid: i32) -> PyResult<()> {
+        let s = self.slot_or_err(i)?;
+        s.pid.store(pid, Ordering::Relaxed);
+        s.heartbeat();
+        Ok(())
+    }
+
+    /// A heartbeat from Python code (while booting).
+    fn heartbeat(&self, i: usize) -> PyResult<()> {
+        self.slot_or_err(i)?.heartbeat();
+        Ok(())
+    }
+
+    /// Master, after reaping: the slot is free again.
+    fn release(&self, i: usize) -> PyResult<()> {
+        let s = self.slot_or_err(i)?;
+        s.state.store(SlotState::Free as u8, Ordering::Release);
+        s.pid.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A consistent-enough view of slot `i`: ages are in seconds.
+    fn snapshot<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.slot_or_err(i)?;
+        let now = now_ms();
+        let age = |t: u64| now.saturating_sub(t) as f64 / 1000.0;
+        let state = SlotState::from_u8(s.state.load(Ordering::Acquire));
+        let d = PyDict::new(py);
+        d.set_item("state", state.name())?;
+        d.set_item("pid", s.pid.load(Ordering::Relaxed))?;
+        d.set_item("requests", s.requests.load(Ordering::Relaxed))?;
+        d.set_item("heartbeat_age", age(s.heartbeat_ms.load(Ordering::Relaxed)))?;
+        d.set_item("age", age(s.started_ms.load(Ordering::Relaxed)))?;
+        d.set_item("max_requests", s.max_requests.load(Ordering::Relaxed))?;
+        let busy = matches!(state, SlotState::Busy | SlotState::Io);
+        d.set_item(
+            "request_age",
+            busy.then(|| age(s.request_start_ms.load(Ordering::Relaxed))),
+        )?;
+        d.set_item("request", busy.then(|| s.read_text()))?;
+        Ok(d)
+    }
+}
+
+impl Drop for Scoreboard {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len_bytes` are exactly what mmap returned, and no `&Slot`
+        // can outlive `self`.
+        let _ = unsafe { munmap(self.base.cast(), self.len_bytes.get()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeroed_slots_are_free_and_text_round_trips() {
+        #[allow(clippy::unwrap_used)]
+        let board = Scoreboard::new(4).unwrap();
+        #[allow(clippy::unwrap_used)]
+        let s = board.slot(3).unwrap();
+        assert_eq!(
+            SlotState::from_u8(s.state.load(Ordering::Relaxed)),
+            SlotState::Free
+        );
+        let long_path = format!("/a/very/long{}", "/x".repeat(100));
+        s.begin_request("GET", &long_path);
+        assert!(s.read_text().starts_with("GET /a/very/long"));
+        assert_eq!(s.read_text().len(), TEXT_WORDS * 8);
+        assert_eq!(
+            SlotState::from_u8(s.state.load(Ordering::Relaxed)),
+            SlotState::Busy
+        );
+        s.end_request();
+        assert_eq!(s.requests.load(Ordering::Relaxed), 1);
+        assert!(board.slot(4).is_none());
+    }
+}
