@@ -642,17 +642,29 @@ class ServerPool:
     def __init__(self, base: Path):
         self.base = base
         self.servers: dict[tuple, Server] = {}
+        self.refused: dict[tuple, str] = {}
 
-    def get(self, args=(), app="wsgiapps:echo", cwd=None) -> Server:
+    def get(self, args=(), app="wsgiapps:echo", cwd=None, skip_unsupported=False) -> Server:
+        """A running server for (args, app).  With ``skip_unsupported``, a server that refuses
+        one of ``args`` as "not supported" skips the test instead of failing it."""
         key = (tuple(args), app, str(cwd))
+        if key in self.refused and skip_unsupported:
+            pytest.skip(self.refused[key])
         srv = self.servers.get(key)
         if srv is not None and srv.alive():
             return srv
         if srv is not None:
             print(srv.dump())
             srv.kill()
-        srv = start_server(list(args), app, cwd=cwd,
-                           workdir=self.base / f"pool{len(self.servers)}-{int(time.time())}")
+        try:
+            srv = start_server(list(args), app, cwd=cwd,
+                               workdir=self.base / f"pool{len(self.servers)}-{int(time.time())}")
+        except ServerExited as e:
+            m = re.search(r"^.*not supported.*$", str(e), re.M)
+            if skip_unsupported and m:
+                self.refused[key] = f"server refuses {list(args)}: {m.group(0).strip()}"
+                pytest.skip(self.refused[key])
+            raise
         self.servers[key] = srv
         return srv
 
