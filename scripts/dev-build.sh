@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --profile dev-release --features extension-module --lib
 suffix="$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
-cp target/dev-release/libferrocorn.so "python/ferrocorn/_ferrocorn${suffix}"
+# Copy then rename: overwriting the mapped file in place would crash running servers.
+cp target/dev-release/libferrocorn.so "python/ferrocorn/.tmp_ferrocorn${suffix}"
+mv -f "python/ferrocorn/.tmp_ferrocorn${suffix}" "python/ferrocorn/_ferrocorn${suffix}"

@@ -23,6 +23,7 @@ from ferrocorn import _ferrocorn
 from ferrocorn._version import __version__
 from ferrocorn.app import import_app
 from ferrocorn.glogging import Logger
+from ferrocorn.pidfile import Pidfile, PidfileError
 from ferrocorn.sock import Listener, create_listeners
 from ferrocorn.worker import APP_LOAD_ERROR, WORKER_BOOT_ERROR, Worker, boot
 from ferrocorn.worker import SIG_DUMP_STACKS as WORKER_SIG_DUMP_STACKS
@@ -79,6 +80,7 @@ class Arbiter:
         self.worker_age = 0
         self.sig_queue: list[int] = []
         self.preloaded_app: Any = None
+        self.pidfile: Pidfile | None = None
         self.proc_name = cfg.proc_name
         # Mapped before the first fork so every worker shares it; sized for TTIN
         # growth well past the configured count.
@@ -101,6 +103,12 @@ class Arbiter:
 
     def start(self) -> None:
         self.log.info("Starting ferrocorn %s", __version__)
+        if self.cfg.pidfile:
+            self.pidfile = Pidfile(self.cfg.pidfile)
+            try:
+                self.pidfile.create(self.pid)
+            except PidfileError as e:
+                raise HaltServer(str(e), 1) from e
         self.cfg.on_starting(self)
         self.init_signals()
         self.listeners = create_listeners(self.cfg, self.log)
@@ -386,6 +394,8 @@ class Arbiter:
         self.log.info("Shutting down: Master")
         if reason is not None:
             self.log.info("Reason: %s", reason)
+        if self.pidfile is not None:
+            self.pidfile.unlink()
         self.cfg.on_exit(self)
         self.log.flush()
         sys.exit(exit_status)
