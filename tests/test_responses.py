@@ -98,7 +98,7 @@ def test_sync_worker_closes_connection(app_server, helpers):
 
 
 def test_http11_without_content_length_is_chunked(app_server):
-    raw = app_server.raw(b"GET /body?size=5000&chunks=4 HTTP/1.1\r\nHost: x\r\n\r\n")
+    raw = app_server.raw(b"GET /body?size=5000&chunks=4&iter=1 HTTP/1.1\r\nHost: x\r\n\r\n")
     r = app_server.parse(raw)[0]
     assert r.status == 200
     assert r.header("Transfer-Encoding").lower() == "chunked"
@@ -109,12 +109,24 @@ def test_http11_without_content_length_is_chunked(app_server):
 
 
 def test_http10_without_content_length_is_close_delimited(app_server):
-    raw = app_server.raw(b"GET /body?size=5000&chunks=4 HTTP/1.0\r\n\r\n")
+    raw = app_server.raw(b"GET /body?size=5000&chunks=4&iter=1 HTTP/1.0\r\n\r\n")
     assert raw.startswith(b"HTTP/1.0 200 ")
     r = app_server.parse(raw)[0]
     assert r.header("Transfer-Encoding") is None
     assert r.header("Content-Length") is None
     assert r.header("Connection").lower() == "close"
+    assert r.body == (b"0123456789abcdef" * 400)[:5000]
+
+
+@pytest.mark.ferrocorn_only
+@pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
+def test_list_body_without_content_length_gets_one(app_server, version):
+    """ferrocorn knows a list body's length before sending it, so it says so rather
+    than chunking (gunicorn chunks) or delimiting by close."""
+    raw = app_server.raw(b"GET /body?size=5000&chunks=4 " + version + b"\r\nHost: x\r\n\r\n")
+    r = app_server.parse(raw)[0]
+    assert r.header("Content-Length") == "5000"
+    assert r.header("Transfer-Encoding") is None
     assert r.body == (b"0123456789abcdef" * 400)[:5000]
 
 

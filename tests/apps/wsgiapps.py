@@ -253,7 +253,8 @@ def close_record(environ, start_response):
 
 
 def body(environ, start_response):
-    """``/body?size=N[&cl=1|&declare=M][&status=S][&chunks=K]``: a body of N bytes."""
+    """``/body?size=N[&cl=1|&declare=M][&status=S][&chunks=K][&iter=1]``: a body of N
+    bytes, as a list (or, with iter=1, a generator, whose length the server cannot know)."""
     q = _query(environ)
     size = int(q.get("size", "100"))
     chunks = max(1, int(q.get("chunks", "1")))
@@ -266,7 +267,10 @@ def body(environ, start_response):
         headers.append(("Content-Length", q["declare"]))
     start_response(status, headers)
     step = max(1, -(-size // chunks))
-    return [data[i:i + step] for i in range(0, size, step)] or [b""]
+    parts = [data[i:i + step] for i in range(0, size, step)] or [b""]
+    if q.get("iter"):
+        return (p for p in parts)
+    return parts
 
 
 def headers(environ, start_response):
