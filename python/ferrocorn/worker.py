@@ -51,6 +51,45 @@ class ErrorsStream:
         self._log.error_stream().flush()
 
 
+class HookRequest:
+    """The ``req`` that ``pre_request``/``post_request`` hooks receive, with the
+    attributes real config files read from gunicorn's ``Request``."""
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        path: str,
+        query: str,
+        fragment: str,
+        version: tuple[int, int],
+        headers: list[tuple[str, str]],
+    ) -> None:
+        self.method = method
+        self.uri = uri
+        self.path = path
+        self.query = query
+        self.fragment = fragment
+        self.version = version
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"<HookRequest {self.method} {self.uri}>"
+
+
+class HookResponse:
+    """The ``resp`` that ``post_request`` receives."""
+
+    def __init__(
+        self, status: str, status_code: int, headers: list[tuple[str, str]], sent: int
+    ) -> None:
+        self.status = status
+        self.status_code = status_code
+        self.headers = headers
+        self.sent = sent
+        self.response_length = sent
+
+
 class Worker:
     """One worker process, as hooks see it (``worker.pid``, ``worker.age``, ...).
 
@@ -69,7 +108,6 @@ class Worker:
         preloaded_app: Any = None,
     ) -> None:
         self.age = age
-        self.nr = 0
         self.ppid = ppid
         self.sockets = listeners
         self.app_uri = app_uri
@@ -88,6 +126,26 @@ class Worker:
 
     def __str__(self) -> str:
         return f"<Worker {self.pid}>"
+
+    @property
+    def nr(self) -> int:
+        """Requests served so far (gunicorn's ``worker.nr``)."""
+        return int(self._core.requests) if self._core is not None else 0
+
+    def hooks(self) -> dict[str, Any] | None:
+        """The request hooks for the Rust loop; None when the config sets neither, so
+        requests pay nothing for them."""
+        pre = None if self.cfg.is_default("pre_request") else self.cfg.pre_request
+        post = None if self.cfg.is_default("post_request") else self.cfg.post_request
+        if pre is None and post is None:
+            return None
+        return {
+            "worker": self,
+            "pre_request": pre,
+            "post_request": post,
+            "make_request": HookRequest,
+            "make_response": HookResponse,
+        }
 
     def init_process(self) -> None:
         """Runs in the child right after fork and never returns normally."""
@@ -186,11 +244,11 @@ class Worker:
             self.base_environ(),
             self.board,
             self.slot,
+            self.hooks(),
         )
         if not self.alive:
             self._core.stop()
         self._core.run()
-        self.nr = self._core.requests
 
 
 def boot(worker: Worker) -> int:

@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use crate::scoreboard::{Scoreboard, Slot, SlotState};
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::{EnvironBuilder, EnvironConfig, ListenerInfo, Trust};
 use crate::wsgi::io::Conn;
-use crate::wsgi::{Handler, Outcome};
+use crate::wsgi::{Handler, Hooks, Outcome};
 
 /// How long an idle worker sleeps in poll before looking at its phase again. Signals
 /// wake it at once through the wake-up pipe; this only bounds how stale a missed
@@ -98,7 +99,6 @@ struct Running {
     handler: Handler,
     timeout: Option<Duration>,
     max_requests: u64,
-    served: u64,
     /// The master's pid; a different parent means the master died.
     ppid: i32,
     /// This worker's scoreboard slot.
@@ -117,6 +117,9 @@ impl Running {
 #[derive(Debug)]
 pub struct SyncWorker {
     phase: PhaseCell,
+    /// Requests served. Outside `running` because hooks read `worker.nr` while the
+    /// loop holds that lock.
+    served: AtomicU64,
     running: Mutex<Running>,
     log: Py<PyAny>,
 }
@@ -126,6 +129,7 @@ impl SyncWorker {
     /// `listeners` is a list of `(fd, is_unix)`; `wake_fd` the read end of the pipe
     /// given to `signal.set_wakeup_fd`; `base_environ` the per-worker constant keys.
     #[new]
+    #[pyo3(signature = (app, listeners, wake_fd, options, log, base_environ, board, slot, hooks=None))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python call site, one line each
     fn new(
         app: Py<PyAny>,
@@ -136,7 +140,18 @@ impl SyncWorker {
         base_environ: Py<PyDict>,
         board: Py<Scoreboard>,
         slot: usize,
+        hooks: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        let hooks = match hooks {
+            Some(h) => Some(Hooks {
+                worker: get(h, "worker")?,
+                pre: get(h, "pre_request")?,
+                post: get(h, "post_request")?,
+                make_request: get(h, "make_request")?,
+                make_response: get(h, "make_response")?,
+            }),
+            None => None,
+        };
         let opts = Options::from_dict(options)?;
         let mut ls = Vec::new();
         for item in listeners.iter() {
@@ -156,16 +171,17 @@ impl SyncWorker {
             limits: opts.limits,
             sendfile: opts.sendfile,
             pending_exit: None,
+            hooks,
         };
         Ok(SyncWorker {
             phase: PhaseCell::new(),
+            served: AtomicU64::new(0),
             running: Mutex::new(Running {
                 listeners: ls,
                 wake_fd,
                 handler,
                 timeout: opts.timeout,
                 max_requests: opts.max_requests,
-                served: 0,
                 ppid: get(options, "ppid")?,
                 board,
                 slot,
@@ -182,7 +198,7 @@ impl SyncWorker {
     /// Requests served so far.
     #[getter]
     fn requests(&self) -> u64 {
-        self.running.lock().map(|r| r.served).unwrap_or(0)
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Serves until stopped. Returns "stopped", "max_requests" or "parent_changed". Exceptions raised by
@@ -366,8 +382,8 @@ impl SyncWorker {
                 return Ok(());
             }
         };
-        run.served += 1;
-        if run.max_requests > 0 && run.served >= run.max_requests {
+        let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if run.max_requests > 0 && served >= run.max_requests {
             if let Err(e) = run
                 .handler
                 .log

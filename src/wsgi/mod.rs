@@ -43,6 +43,51 @@ pub enum Outcome {
     },
 }
 
+/// gunicorn's `pre_request` and `post_request` hooks, present only when the config
+/// defines them, so requests pay nothing for hooks nobody set.
+#[derive(Debug)]
+pub struct Hooks {
+    /// The Python `Worker` object hooks receive.
+    pub worker: Py<PyAny>,
+    /// `pre_request(worker, req)`, if set.
+    pub pre: Option<Py<PyAny>>,
+    /// `post_request(worker, req, environ, resp)`, if set.
+    pub post: Option<Py<PyAny>>,
+    /// Builds the `req` object: `(method, uri, path, query, fragment, version, headers)`.
+    pub make_request: Py<PyAny>,
+    /// Builds the `resp` object: `(status, status_code, headers, sent)`.
+    pub make_response: Py<PyAny>,
+}
+
+impl Hooks {
+    fn request<'py>(&self, py: Python<'py>, head: &RequestHead) -> PyResult<Bound<'py, PyAny>> {
+        let (path, query, fragment) = head.split_target();
+        let minor = match head.version {
+            Version::Http10 => 0,
+            Version::Http11 => 1,
+        };
+        let headers: Vec<(String, String)> = head
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_ascii_uppercase(),
+                    v.iter().map(|&b| char::from(b)).collect(),
+                )
+            })
+            .collect();
+        self.make_request.bind(py).call1((
+            head.method.as_str(),
+            head.target.as_str(),
+            path,
+            query,
+            fragment,
+            (1, minor),
+            headers,
+        ))
+    }
+}
+
 /// Everything a worker needs to serve WSGI requests; one per worker process.
 #[derive(Debug)]
 pub struct Handler {
@@ -58,6 +103,8 @@ pub struct Handler {
     pub limits: Limits,
     /// Whether `sendfile(2)` may be used for `wsgi.file_wrapper`.
     pub sendfile: bool,
+    /// Request hooks from the config file, if any.
+    pub hooks: Option<Hooks>,
     /// A `SystemExit`/`KeyboardInterrupt` that escaped the app (raised by a signal
     /// handler while it ran); the worker re-raises it once the response is settled.
     pub pending_exit: Option<PyErr>,
@@ -155,6 +202,30 @@ impl Handler {
             keep_alive && head.keep_alive,
         )));
 
+        let hook_req = match &self.hooks {
+            Some(h) => match h.request(py, head) {
+                Ok(req) => Some(req),
+                Err(e) => {
+                    self.log_exc(py, "Exception building the hook request object", &e);
+                    None
+                }
+            },
+            None => None,
+        };
+        if let (Some(h), Some(req)) = (&self.hooks, &hook_req) {
+            if let Some(pre) = &h.pre {
+                if let Err(e) = pre.bind(py).call1((h.worker.bind(py), req)) {
+                    self.log_exc(
+                        py,
+                        &format!("Error handling request {} {}", head.method, head.target),
+                        &e,
+                    );
+                    write_now(py, conn, &error_response(500, "Internal Server Error", ""));
+                    return Outcome::Close { clean: false };
+                }
+            }
+        }
+
         let environ = match self
             .environ
             .build(py, head, peer, listener, input.clone().into_any())
@@ -212,6 +283,26 @@ impl Handler {
             ),
             Err(_) => (500, false, None, Vec::new()),
         };
+        if let (Some(h), Some(req)) = (&self.hooks, &hook_req) {
+            if let Some(post) = &h.post {
+                let status_text = lock_response(&resp)
+                    .map(|r| r.status_text().to_owned())
+                    .unwrap_or_default();
+                let called = h
+                    .make_response
+                    .bind(py)
+                    .call1((
+                        status_text,
+                        status,
+                        headers.clone(),
+                        bytes_sent.unwrap_or(0),
+                    ))
+                    .and_then(|r| post.bind(py).call1((h.worker.bind(py), req, &environ, r)));
+                if let Err(e) = called {
+                    self.log_exc(py, "Exception in post_request hook", &e);
+                }
+            }
+        }
         if let Some(log) = &self.access {
             let (path, query, _) = head.split_target();
             let decoded_path = crate::http::percent_decode(path);
