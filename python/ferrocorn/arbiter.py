@@ -110,6 +110,7 @@ class Arbiter:
             except PidfileError as e:
                 raise HaltServer(str(e), 1) from e
         self.cfg.on_starting(self)
+        self.log.debug("Current configuration:\n%s", self.cfg.print_config_text())
         self.init_signals()
         self.listeners = create_listeners(self.cfg, self.log)
         urls = ",".join(lst.url() for lst in self.listeners)
@@ -117,6 +118,7 @@ class Arbiter:
         self.log.info("Using worker: %s", self.cfg.worker_class_str)
         for note in getattr(self.cfg, "notes", []):
             self.log.info("%s", note)
+        self.log.debug("Arbiter booted")
         self.cfg.when_ready(self)
 
     def init_signals(self) -> None:

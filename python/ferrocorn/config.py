@@ -44,6 +44,22 @@ class ConfigError(Exception):
         self.exit_code = exit_code
 
 
+def _not_a_number(setting: Setting, value: Any) -> bool:
+    """gunicorn's argparse converts numeric flags before validating them: text that is
+    not a number is a usage error (exit 2); a number out of range fails validation
+    later (exit 1). ``--workers auto`` is ferrocorn's own valid word."""
+    default = setting.fresh().value
+    if isinstance(default, bool) or not isinstance(default, int | float):
+        return False
+    if not isinstance(value, str) or (setting.name == "workers" and value == "auto"):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return True
+    return False
+
+
 def _show(value: Any) -> str:
     if callable(value) and hasattr(value, "__qualname__"):
         return f"<{value.__qualname__}()>"
@@ -97,10 +113,10 @@ class Config:
         except (ValueError, TypeError) as exc:
             shown_value = _show(value if shown is None else shown)
             from_args = source in ("cli", *CMD_ARGS_VARS)
-            where = f" ({'/'.join(setting.cli)})" if from_args and setting.cli else ""
+            where = f", given as {'/'.join(setting.cli)}" if from_args and setting.cli else ""
             raise ConfigError(
-                f"Invalid value for {name}{where}{origin}: {shown_value} (expected {exc})",
-                2 if from_args else 1,
+                f"Invalid value for {name}{origin}: {shown_value} (expected {exc}){where}",
+                2 if from_args and _not_a_number(setting, value) else 1,
             ) from None
         _check_supported(setting, validated)
         setting.value = validated
