@@ -42,6 +42,18 @@ SCOREBOARD_MIN_SLOTS = 256
 SIG_DUMP_STACKS = WORKER_SIG_DUMP_STACKS
 
 
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of ``pid`` in MiB, from /proc (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class HaltServer(Exception):
     """Stop the master with ``reason`` and exit ``exit_status``."""
 
@@ -142,6 +154,7 @@ class Arbiter:
                     self.sleep()
                     self.reap_workers()
                     self.murder_workers()
+                    self.recycle_fat_workers()
                     self.manage_workers()
                     continue
                 name = SIGNAMES.get(sig, str(sig))
@@ -271,6 +284,29 @@ class Arbiter:
                 self.kill_worker(pid, signal.SIGABRT)
             else:
                 self.kill_worker(pid, signal.SIGKILL)
+
+    def recycle_fat_workers(self) -> None:
+        """``--max-worker-memory``: a worker whose resident memory passed the limit is
+        told to stop gracefully (TERM: it finishes its request, the backlog stays with
+        the other workers) and is replaced, like max-requests but driven by the leak
+        itself rather than a guess at how many requests it takes."""
+        limit_mib = int(self.cfg.max_worker_memory)
+        if limit_mib <= 0:
+            return
+        for pid, worker in list(self.workers.items()):
+            if worker.recycling:
+                continue
+            rss = rss_mib(pid)
+            if rss is not None and rss > limit_mib:
+                self.log.warning(
+                    "Worker (pid:%s) uses %.0f MiB, over --max-worker-memory %s MiB: "
+                    "restarting it after its current request",
+                    pid,
+                    rss,
+                    limit_mib,
+                )
+                worker.recycling = True
+                self.kill_worker(pid, signal.SIGTERM)
 
     def spawn_worker(self) -> int:
         if not self.free_slots:

@@ -117,6 +117,7 @@ class Worker:
         self.timeout = cfg.timeout
         self.booted = False
         self.aborted = False
+        self.recycling = False  # the master asked it to stop over --max-worker-memory
         self.alive = True
         self.pid: int = 0
         self.wsgi: Any = preloaded_app
