@@ -52,7 +52,7 @@ def run(argv: list[str]) -> int:
     log = Logger(cfg)
     for warning in getattr(cfg, "warnings", []):
         log.warning("%s", warning)
-    arbiter = Arbiter(cfg, app_uri, log)
+    arbiter = Arbiter(cfg, app_uri, log, argv)
     if cfg.preload_app:
         # As gunicorn: with --preload an import error stops the master itself.
         try:

@@ -22,9 +22,10 @@ from typing import Any, ClassVar
 from ferrocorn import _ferrocorn
 from ferrocorn._version import __version__
 from ferrocorn.app import import_app
+from ferrocorn.config import ConfigError, load_config
 from ferrocorn.glogging import Logger
 from ferrocorn.pidfile import Pidfile, PidfileError
-from ferrocorn.sock import Listener, create_listeners
+from ferrocorn.sock import BindError, Listener, create_listeners
 from ferrocorn.worker import APP_LOAD_ERROR, WORKER_BOOT_ERROR, Worker, boot
 from ferrocorn.worker import SIG_DUMP_STACKS as WORKER_SIG_DUMP_STACKS
 
@@ -81,8 +82,9 @@ class Arbiter:
         signal.SIGCHLD,
     ]
 
-    def __init__(self, cfg: Any, app_uri: str, log: Logger) -> None:
+    def __init__(self, cfg: Any, app_uri: str, log: Logger, argv: list[str] | None = None) -> None:
         self.cfg = cfg
+        self.argv = argv  # the original command line, re-read on HUP
         self.app_uri = app_uri
         self.log = log
         self.pid = os.getpid()
@@ -205,14 +207,47 @@ class Arbiter:
         raise StopIteration
 
     def handle_hup(self) -> None:
-        """Reload: start fresh workers (re-importing the app), then retire the old."""
+        """Reload: re-read the configuration (file, environment arguments and the
+        original command line), reopen logs, rebind if the addresses changed, then
+        start a fresh set of workers (re-importing the app unless it was preloaded)
+        and retire the old ones with TERM once the new ones are forked."""
         self.log.info("Hang up: Master")
+        self.reload_config()
         self.cfg.on_reload(self)
         old = list(self.workers)
         for _ in range(self.num_workers):
             self.spawn_worker()
         for pid in old:
             self.kill_worker(pid, signal.SIGTERM)
+
+    def reload_config(self) -> None:
+        if self.argv is None:
+            return
+        try:
+            cfg, app_uri = load_config(self.argv, os.environ)
+        except ConfigError as e:
+            self.log.error("Reload failed, keeping the running configuration: %s", e)
+            return
+        except SystemExit:
+            self.log.error("Reload failed: the command line no longer parses")
+            return
+        old_binds = list(self.cfg.bind)
+        self.cfg = cfg
+        self.app_uri = app_uri
+        self.log.setup(cfg)
+        if self.num_workers != cfg.workers:
+            self.set_num_workers(cfg.workers)
+        if list(cfg.bind) != old_binds:
+            try:
+                new_listeners = create_listeners(cfg, self.log)
+            except BindError as e:
+                self.log.error("Reload could not bind the new addresses: %s", e)
+                return
+            for lst in self.listeners:
+                lst.close()
+            self.listeners = new_listeners
+            urls = ",".join(lst.url() for lst in self.listeners)
+            self.log.info("Listening at: %s (%s)", urls, self.pid)
 
     def handle_ttin(self) -> None:
         self.set_num_workers(self.num_workers + 1)
