@@ -257,10 +257,18 @@ def _split(data: bytes, split) -> list[bytes]:
     raise ValueError(f"bad split {split!r}")
 
 
-def read_until_eof(s: socket.socket, timeout: float = IO_TIMEOUT) -> bytes:
-    """Read until EOF, a reset or ``timeout`` (then returns what was read)."""
+class RawResult(bytes):
+    """Bytes read from a connection; ``eof`` tells whether the peer closed (or reset) it,
+    as opposed to the read timing out."""
+
+    eof: bool = False
+
+
+def read_until_eof(s: socket.socket, timeout: float = IO_TIMEOUT) -> RawResult:
+    """Read until EOF, a reset or ``timeout`` (then returns what was read, eof=False)."""
     deadline = time.monotonic() + timeout
     buf = bytearray()
+    eof = False
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -268,12 +276,18 @@ def read_until_eof(s: socket.socket, timeout: float = IO_TIMEOUT) -> bytes:
         s.settimeout(left)
         try:
             chunk = s.recv(65536)
-        except (TimeoutError, ConnectionResetError, BrokenPipeError):
+        except TimeoutError:
+            break
+        except (ConnectionResetError, BrokenPipeError):
+            eof = True
             break
         if not chunk:
+            eof = True
             break
         buf += chunk
-    return bytes(buf)
+    out = RawResult(bytes(buf))
+    out.eof = eof
+    return out
 
 
 def _has_final_status(buf: bytes) -> bool:
@@ -293,7 +307,7 @@ def _has_final_status(buf: bytes) -> bool:
 
 
 def raw_exchange(address, data: bytes, split=None, timeout: float = IO_TIMEOUT,
-                 shut_wr: bool = True) -> bytes:
+                 shut_wr: bool = True) -> RawResult:
     """Connect, send ``data`` (whole / 'byte' / 'random' / int / list of sizes),
     half-close and read until EOF.  Sending stops early if the peer already answered
     or closed (a server may reject a request before it is complete)."""
@@ -324,8 +338,10 @@ def raw_exchange(address, data: bytes, split=None, timeout: float = IO_TIMEOUT,
         if shut_wr and not peer_closed:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_WR)
-        buf += read_until_eof(s, timeout)
-        return bytes(buf)
+        rest = read_until_eof(s, timeout)
+        out = RawResult(bytes(buf) + rest)
+        out.eof = rest.eof
+        return out
     finally:
         s.close()
 
@@ -577,7 +593,7 @@ class Server:
         return f"http://{host}:{self.port}"
 
     def raw(self, data: bytes, split=None, timeout=IO_TIMEOUT, address=None,
-            shut_wr=True) -> bytes:
+            shut_wr=True) -> RawResult:
         return raw_exchange(address or self.address, data, split, timeout, shut_wr)
 
     def request(self, method="GET", path="/", headers=None, body=b"", version="HTTP/1.1",

@@ -183,4 +183,5 @@ def test_log_level_warning_hides_info(server, helpers):
 
 def test_log_level_debug(server):
     srv = server(["--log-level", "debug"], "wsgiapps:app")
+    assert srv.get("/debug-me").status == 200
     srv.wait_for_log(r"\[DEBUG\]")

@@ -105,6 +105,7 @@ def test_valid(path, split, server_pool, helpers):
     srv = server_pool.get(BASE_ARGS + list(ns.get("args", [])), "wsgiapps:echo",
                           skip_unsupported=bool(ns.get("args")))
     raw = srv.raw(data, split=split)
+    assert raw.eof, "the connection was not closed after the response and our half-close"
     responses = helpers.parse_responses(raw, req["method"])
     assert responses, f"no response at all for {path.name} ({split})"
     interim = [r.status for r in responses if r.status < 200]
@@ -138,7 +139,9 @@ def test_invalid(path, split, server_pool, helpers):
     expected = ns["status"]
     if expected == "closed":
         assert raw == b"", f"expected the connection to be closed without a response: {raw[:300]!r}"
+        assert raw.eof, "the server neither answered nor closed the connection"
         return
+    assert raw.eof, "the server did not close the connection after an error response"
     statuses = re.findall(rb"^HTTP/1\.[01] (\d{3})", raw, re.M)
     assert statuses, f"no response for {path.name} ({split}); got {raw[:200]!r}"
     assert int(statuses[0]) == expected, raw[:600]
