@@ -16,10 +16,20 @@ Fixture API (see ``Server``):
         srv.stop(signal.SIGTERM, timeout=30)                  # -> exit code
         srv.wait_exit(timeout)                                # -> exit code
 
+Readiness: the fixture waits for the ``Listening at: URL[,URL...]`` log line, then polls the
+first address with a real ``GET /__ready__`` until any status line comes back (deadline
+``FERROCORN_TEST_BOOT_TIMEOUT``, default 30 s).  stdout/stderr go to files; at teardown the
+process group is killed and the logs are printed (pytest shows them for failed tests).
+
 ``server(..., wait=False)`` returns without waiting for readiness (boot-failure tests).
-``parse_responses(data)`` splits raw bytes into ``Response`` objects (also ``srv.parse``).
-``run_cli(args)`` runs the server command to completion (``--version``, ``--check-config``...).
-``server_pool`` is a session-wide cache of servers keyed by (args, app) for read-only tests.
+``server_pool.get(args, app)`` is a session-wide cache of servers for read-only tests
+(``echo_server`` and ``app_server`` are two of them).
+Test modules must not import this file; helpers come as fixtures: ``helpers`` (a namespace with
+``parse_responses``, ``final_response``, ``build_request``, ``raw_exchange``, ``connect``,
+``read_until_eof``, ``has_ipv6_loopback``, ``is_gunicorn``, ``apps_dir``...) and ``cli``
+(``cli(args)`` runs the server command to completion: ``--version``, ``--check-config``...).
+
+Markers: ``ferrocorn_only`` (skipped when the server under test is gunicorn) and ``slow``.
 """
 
 from __future__ import annotations
