@@ -89,27 +89,7 @@ pub fn lock_response(r: &SharedResponse) -> PyResult<MutexGuard<'_, Response>> {
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    !s.is_empty() && s.bytes().all(crate::http::parse::is_tchar)
 }
 
 /// Header values may hold HTAB, visible ASCII and obs-text; never CR, LF or other CTLs,
