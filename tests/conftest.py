@@ -508,8 +508,7 @@ class Server:
                 raise ServerExited(f"server exited with {self.proc.returncode} during boot:\n"
                                    f"{self.log()[-6000:]}")
             try:
-                data = raw_exchange(address, b"GET /__ready__ HTTP/1.0\r\n\r\n",
-                                    timeout=max(0.5, deadline - time.monotonic()))
+                data = self._probe_once(address, deadline)
                 if re.match(rb"HTTP/1\.[01] \d{3}", data):
                     return
                 last_err = data[:200]
@@ -519,6 +518,28 @@ class Server:
             delay = min(delay * 2, 0.25)
         raise AssertionError(f"server at {address} never answered (last: {last_err!r}):\n"
                              f"{self.log()[-6000:]}")
+
+    @staticmethod
+    def _probe_once(address, deadline) -> bytes:
+        """One probe: returns as soon as a status line arrived (or at EOF / the deadline)."""
+        with _connect(address, max(0.5, deadline - time.monotonic())) as s:
+            s.sendall(b"GET /__ready__ HTTP/1.0\r\n\r\n")
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_WR)
+            buf = b""
+            while b"\r\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                s.settimeout(left)
+                try:
+                    chunk = s.recv(4096)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+            return buf
 
     def wait_exit(self, timeout=BOOT_TIMEOUT) -> int:
         try:
@@ -603,8 +624,15 @@ class Server:
         return f"http://{host}:{self.port}"
 
     def raw(self, data: bytes, split=None, timeout=IO_TIMEOUT, address=None,
-            shut_wr=True) -> RawResult:
-        return raw_exchange(address or self.address, data, split, timeout, shut_wr)
+            shut_wr=True, expect_eof=True) -> RawResult:
+        """Send ``data``, half-close, read until EOF.  Fails if the server keeps the connection
+        open for ``timeout`` s (a response always ends with a close here: we half-closed)."""
+        out = raw_exchange(address or self.address, data, split, timeout, shut_wr)
+        if expect_eof and not out.eof:
+            raise AssertionError(
+                f"the server did not close the connection within {timeout}s after our half-close "
+                f"(read {len(out)} bytes: {bytes(out[:300])!r})")
+        return out
 
     def request(self, method="GET", path="/", headers=None, body=b"", version="HTTP/1.1",
                 split=None, timeout=IO_TIMEOUT, address=None) -> Response:

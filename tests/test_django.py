@@ -71,3 +71,15 @@ def test_concurrent_requests(django_server):
     with ThreadPoolExecutor(10) as ex:
         statuses = list(ex.map(fetch, range(40)))
     assert statuses == [200] * 40
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET /admin/ HTTP/1.0\r\n\r\n",
+    b"HEAD /admin/login/ HTTP/1.1\r\nHost: localhost\r\n\r\n",
+])
+def test_connection_closed_after_response(django_server, request_bytes):
+    """Sync workers close every connection after the response (we half-closed ours)."""
+    raw = django_server.raw(request_bytes, timeout=10)
+    assert raw.eof
+    assert raw.startswith((b"HTTP/1.1 ", b"HTTP/1.0 "))
