@@ -8,6 +8,7 @@ Fixture API (see ``Server``):
 
     def test_x(server):
         srv = server(["--workers", "2"], "wsgiapps:app")   # cwd defaults to tests/apps
+        server(args, app, prefix=[launcher, ...])  # the launcher execs the server command
         srv.url, srv.port, srv.host, srv.pid, srv.addresses
         srv.raw(b"GET / HTTP/1.0\\r\\n\\r\\n", split="byte")    # -> bytes until EOF
         srv.request("GET", "/path", headers={...}, body=b"")  # -> Response (raw socket)
@@ -401,13 +402,14 @@ def _has_opt(args, *names) -> bool:
 
 
 class Server:
-    def __init__(self, args, app, cwd=None, env=None, bind=True, workdir=None):
+    def __init__(self, args, app, cwd=None, env=None, bind=True, workdir=None, prefix=()):
         self.args = list(args)
         self.app = app
         self.cwd = str(cwd or APPS_DIR)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fctest-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        cmd = list(SERVER_CMD)
+        # prefix: a launcher that execs the server (e.g. a socket-activation stand-in)
+        cmd = [*prefix, *SERVER_CMD]
         if bind and not _has_bind(self.args):
             cmd += ["-b", "127.0.0.1:0"]
         if not _has_opt(self.args, "--error-logfile", "--log-file"):
@@ -674,10 +676,11 @@ def server(tmp_path):
     n = 0
 
     def factory(args=(), app="wsgiapps:app", cwd=None, env=None, wait=True, bind=True,
-                timeout=BOOT_TIMEOUT):
+                timeout=BOOT_TIMEOUT, prefix=()):
         nonlocal n
         n += 1
-        srv = Server(args, app, cwd=cwd, env=env, bind=bind, workdir=tmp_path / f"server{n}")
+        srv = Server(args, app, cwd=cwd, env=env, bind=bind, workdir=tmp_path / f"server{n}",
+                     prefix=prefix)
         started.append(srv)
         if wait:
             srv.wait_ready(timeout)
