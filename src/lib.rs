@@ -5,7 +5,7 @@
 //! - [`net`]: inherited listeners and accepted streams, TCP or Unix.
 //! - [`wsgi`]: the PEP 3333 bridge (environ, `wsgi.input`, `start_response`, writer).
 //! - [`log`]: the access log (gunicorn's format atoms, escaped).
-//! - [`worker`]: the per-process worker loops that run after fork (sync today).
+//! - [`worker`]: the per-process worker loops that run after fork (sync, gthread).
 //! - [`scoreboard`]: per-worker slots in shared memory (heartbeats, current request).
 //!
 //! The master process, configuration and app loading are Python (`python/ferrocorn`);
@@ -25,6 +25,7 @@ use pyo3::prelude::*;
 fn _ferrocorn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<worker::sync::SyncWorker>()?;
+    m.add_class::<worker::gthread::GthreadWorker>()?;
     m.add_class::<scoreboard::Scoreboard>()?;
     m.add_class::<wsgi::file_wrapper::FileWrapper>()?;
     m.add_class::<wsgi::input::Input>()?;

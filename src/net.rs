@@ -47,6 +47,9 @@ pub enum Stream {
     Tcp(TcpStream),
     /// Unix-socket client.
     Unix(UnixStream),
+    /// No socket: the gthread worker moved it back to its I/O loop, and whatever the
+    /// app kept of the request (a leaked `wsgi.input`) now sees a closed connection.
+    Detached,
 }
 
 impl Listener {
@@ -96,21 +99,7 @@ impl Listener {
         let Listener::Tcp(l, _) = self else {
             return None;
         };
-        // SAFETY: tcp_info is a plain C struct; all-zero bytes are a valid value.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>()).ok()?;
-        // SAFETY: the descriptor is a live socket owned by `l`; `info` and `len` are
-        // valid for writes of the sizes given, as getsockopt requires.
-        let rc = unsafe {
-            libc::getsockopt(
-                l.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(info.tcpi_unacked)
+        tcp_queued(l.as_fd())
     }
 
     /// `SERVER_NAME` and `SERVER_PORT` as gunicorn derives them: from the listening
@@ -122,6 +111,25 @@ impl Listener {
             Listener::Unix(_) => None,
         }
     }
+}
+
+/// The accept-queue length of a listening TCP socket (see [`Listener::queued`]).
+pub fn tcp_queued(fd: BorrowedFd<'_>) -> Option<u32> {
+    // SAFETY: tcp_info is a plain C struct; all-zero bytes are a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>()).ok()?;
+    // SAFETY: `fd` is a live socket for the duration of the borrow; `info` and `len`
+    // are valid for writes of the sizes given, as getsockopt requires.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(info.tcpi_unacked)
 }
 
 impl AsFd for Listener {
@@ -146,6 +154,7 @@ impl Stream {
                 s.set_read_timeout(t)?;
                 s.set_write_timeout(t)
             }
+            Stream::Detached => Ok(()),
         }
     }
 
@@ -157,6 +166,7 @@ impl Stream {
         let shut = match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
             Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Detached => return,
         };
         if shut.is_err() {
             return;
@@ -178,6 +188,7 @@ impl AsRawFd for Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Detached => -1,
         }
     }
 }
@@ -187,6 +198,7 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Detached => Err(detached()),
         }
     }
 }
@@ -196,17 +208,26 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Detached => Err(detached()),
         }
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write_vectored(bufs),
             Stream::Unix(s) => s.write_vectored(bufs),
+            Stream::Detached => Err(detached()),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+fn detached() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the connection was handed back to the I/O loop",
+    )
 }
 
 /// Writes every byte of `bufs` with as few syscalls as the kernel allows.

@@ -86,6 +86,12 @@ pub struct Slot {
     max_requests: AtomicU64,
     /// "METHOD /path" of the current request, NUL-padded.
     text: [AtomicU64; TEXT_WORDS],
+    /// gthread: requests parsed and waiting for a free Python thread.
+    queue_depth: AtomicU64,
+    /// gthread: Python threads running the app right now.
+    busy_threads: AtomicU64,
+    /// gthread: open client connections (including idle keep-alive ones).
+    connections: AtomicU64,
 }
 
 /// CLOCK_MONOTONIC in milliseconds.
@@ -127,6 +133,38 @@ impl Slot {
         self.request_start_ms.store(now, Ordering::Relaxed);
         self.heartbeat_ms.store(now, Ordering::Relaxed);
         self.state.store(SlotState::Busy as u8, Ordering::Release);
+    }
+
+    /// Replaces the request text and its start time without touching the state. For
+    /// workers serving several requests at once (gthread), whose one writer (the
+    /// Python main thread) shows the oldest request in flight.
+    pub fn set_request_text(&self, text: &str, started_ms: u64) {
+        let mut buf = [0u8; TEXT_WORDS * 8];
+        let n = text.len().min(buf.len());
+        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        for (i, word) in self.text.iter().enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&buf[i * 8..i * 8 + 8]);
+            word.store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        self.request_start_ms.store(started_ms, Ordering::Relaxed);
+    }
+
+    /// Counts one served request (any thread may call it).
+    pub fn add_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Publishes the gthread gauges: queued requests, busy threads, open connections.
+    pub fn set_gauges(&self, queue_depth: usize, busy_threads: usize, connections: usize) {
+        self.queue_depth
+            .store(queue_depth as u64, Ordering::Relaxed);
+        self.busy_threads
+            .store(busy_threads as u64, Ordering::Relaxed);
+        self.connections
+            .store(connections as u64, Ordering::Relaxed);
     }
 
     /// A request ended.
@@ -235,6 +273,7 @@ impl Scoreboard {
         s.started_ms.store(now, Ordering::Relaxed);
         s.request_start_ms.store(0, Ordering::Relaxed);
         s.max_requests.store(max_requests, Ordering::Relaxed);
+        s.set_gauges(0, 0, 0);
         s.begin_request("", "");
         s.set_state(SlotState::Booting);
         Ok(())
@@ -275,6 +314,9 @@ impl Scoreboard {
         d.set_item("heartbeat_age", age(s.heartbeat_ms.load(Ordering::Relaxed)))?;
         d.set_item("age", age(s.started_ms.load(Ordering::Relaxed)))?;
         d.set_item("max_requests", s.max_requests.load(Ordering::Relaxed))?;
+        d.set_item("queue_depth", s.queue_depth.load(Ordering::Relaxed))?;
+        d.set_item("busy_threads", s.busy_threads.load(Ordering::Relaxed))?;
+        d.set_item("connections", s.connections.load(Ordering::Relaxed))?;
         let busy = matches!(state, SlotState::Busy | SlotState::Io);
         d.set_item(
             "request_age",
@@ -317,6 +359,14 @@ mod tests {
         );
         s.end_request();
         assert_eq!(s.requests.load(Ordering::Relaxed), 1);
+        s.set_request_text("POST /upload", 7);
+        assert_eq!(s.read_text(), "POST /upload");
+        assert_eq!(
+            SlotState::from_u8(s.state.load(Ordering::Relaxed)),
+            SlotState::Idle
+        );
+        s.set_gauges(3, 2, 40);
+        assert_eq!(s.queue_depth.load(Ordering::Relaxed), 3);
         assert!(board.slot(4).is_none());
     }
 }

@@ -205,7 +205,7 @@ class Worker:
         environ: dict[str, Any] = {
             "wsgi.version": (1, 0),
             "wsgi.errors": ErrorsStream(self.log),
-            "wsgi.multithread": False,
+            "wsgi.multithread": self.cfg.worker_class_str == "gthread",
             "wsgi.multiprocess": self.cfg.workers > 1,
             "wsgi.run_once": False,
             "wsgi.file_wrapper": _ferrocorn.FileWrapper,
@@ -236,11 +236,21 @@ class Worker:
 
     def run(self) -> None:
         listeners = [(s.fileno(), s.is_unix) for s in self.sockets]
-        self._core = _ferrocorn.SyncWorker(
+        options = self.options()
+        core_class = _ferrocorn.SyncWorker
+        if self.cfg.worker_class_str == "gthread":
+            core_class = _ferrocorn.GthreadWorker  # src/worker/gthread.rs
+            options.update(
+                threads=int(self.cfg.threads),
+                worker_connections=int(self.cfg.worker_connections),
+                keepalive=float(self.cfg.keepalive),
+                graceful_timeout=float(self.cfg.graceful_timeout),
+            )
+        self._core = core_class(
             self.wsgi,
             listeners,
             self._wake_r,
-            self.options(),
+            options,
             self.log.error_log,
             self.base_environ(),
             self.board,

@@ -35,16 +35,19 @@ const IDLE_TICK_MS: u16 = 1000;
 
 /// Settings the worker reads from the Python options dict.
 #[derive(Debug)]
-struct Options {
-    timeout: Option<Duration>,
-    max_requests: u64,
-    limits: Limits,
-    sendfile: bool,
-    env: EnvironConfig,
-    access: Option<AccessLog>,
+pub(crate) struct Options {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) max_requests: u64,
+    pub(crate) limits: Limits,
+    pub(crate) sendfile: bool,
+    pub(crate) env: EnvironConfig,
+    pub(crate) access: Option<AccessLog>,
 }
 
-fn get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+pub(crate) fn get<'py, T: FromPyObjectOwned<'py>>(
+    d: &Bound<'py, PyDict>,
+    key: &str,
+) -> PyResult<T> {
     match d.get_item(key)? {
         Some(v) => v
             .extract::<T>()
@@ -59,7 +62,7 @@ fn get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyR
 use pyo3::conversion::FromPyObjectOwned;
 
 impl Options {
-    fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<Options> {
+    pub(crate) fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<Options> {
         let timeout: f64 = get(d, "timeout")?;
         let allow: Vec<String> = get(d, "forwarded_allow_ips")?;
         let trust = Trust::parse(&allow).map_err(PyValueError::new_err)?;
@@ -282,7 +285,7 @@ fn wait_readable(py: Python<'_>, run: &Running) -> PyResult<Ready> {
     res.map_err(|e| PyOSError::new_err(format!("poll: {e}")))
 }
 
-fn drain_pipe(fd: RawFd) {
+pub(crate) fn drain_pipe(fd: RawFd) {
     // SAFETY: as in `wait_readable`; the pipe is non-blocking (set_wakeup_fd requires it).
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let mut buf = [0u8; 64];
@@ -295,7 +298,7 @@ fn drain_pipe(fd: RawFd) {
 
 /// Errors after which the next accept may well succeed: another worker took the
 /// connection, or the client gave up before we got to it.
-fn is_transient_accept_error(e: &io::Error) -> bool {
+pub(crate) fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted

@@ -45,6 +45,20 @@ impl Conn {
         &self.buf[self.pos..]
     }
 
+    /// Moves the stream and buffer out, leaving a detached connection behind for any
+    /// object that still holds a reference (the gthread worker hands the socket back
+    /// to its I/O loop after each request).
+    pub fn take(&mut self) -> Conn {
+        std::mem::replace(
+            self,
+            Conn {
+                stream: Stream::Detached,
+                buf: Vec::new(),
+                pos: 0,
+            },
+        )
+    }
+
     /// Marks `n` pending bytes as consumed.
     pub fn consume(&mut self, n: usize) {
         self.pos = (self.pos + n).min(self.buf.len());
