@@ -19,7 +19,7 @@ import time
 from types import FrameType
 from typing import Any, ClassVar
 
-from ferrocorn import _ferrocorn
+from ferrocorn import _ferrocorn, daemon, proctitle, systemd, upgrade
 from ferrocorn._version import __version__
 from ferrocorn.app import import_app
 from ferrocorn.config import ConfigError, load_config
@@ -68,7 +68,7 @@ class Arbiter:
     """Keeps ``num_workers`` workers alive and answers the operator's signals."""
 
     # TERM graceful; INT and QUIT quick; HUP reload; TTIN/TTOU one more/less worker;
-    # USR1 reopen logs; USR2 re-exec (not yet); WINCH stop workers when daemonized.
+    # USR1 reopen logs; USR2 re-exec a new master; WINCH stop workers when daemonized.
     SIGNALS: ClassVar[list[int]] = [
         signal.SIGHUP,
         signal.SIGQUIT,
@@ -83,6 +83,18 @@ class Arbiter:
     ]
 
     def __init__(self, cfg: Any, app_uri: str, log: Logger, argv: list[str] | None = None) -> None:
+        # The old master's pid when USR2 started this one (see upgrade.py).
+        self.master_pid = upgrade.inherited_master_pid()
+        if cfg.daemon and not self.master_pid:
+            daemon.daemonize(bool(cfg.enable_stdio_inheritance))
+        self.env_orig = dict(os.environ)  # passed to a USR2 child; restored on HUP
+        daemon.apply_env(cfg.env)  # -e: in the master too, before --preload imports
+        self.start_cwd = cfg.cwd
+        self.systemd = False  # listeners came from systemd socket activation
+        self.reexec_pid = 0  # the new master forked by USR2, while it lives
+        # sd_notify READY=1 is due once num_workers workers younger than this age have
+        # booted; None once sent (see check_ready).
+        self.ready_after_age: int | None = 0
         self.cfg = cfg
         self.argv = argv  # the original command line, re-read on HUP
         self.app_uri = app_uri
@@ -117,8 +129,10 @@ class Arbiter:
 
     def start(self) -> None:
         self.log.info("Starting ferrocorn %s", __version__)
+        if self.master_pid:
+            self.proc_name += ".2"
         if self.cfg.pidfile:
-            self.pidfile = Pidfile(self.cfg.pidfile)
+            self.pidfile = Pidfile(self.cfg.pidfile + (".2" if self.master_pid else ""))
             try:
                 self.pidfile.create(self.pid)
             except PidfileError as e:
@@ -126,7 +140,8 @@ class Arbiter:
         self.cfg.on_starting(self)
         self.log.debug("Current configuration:\n%s", self.cfg.print_config_text())
         self.init_signals()
-        self.listeners = create_listeners(self.cfg, self.log)
+        daemon.chown_log_files(self.cfg, self.log)
+        self.listeners = create_listeners(self.cfg, self.log, self.inherited_fds())
         urls = ",".join(lst.url() for lst in self.listeners)
         self.log.info("Listening at: %s (%s)", urls, self.pid)
         self.log.info("Using worker: %s", self.cfg.worker_class_str)
@@ -134,6 +149,17 @@ class Arbiter:
             self.log.info("%s", note)
         self.log.debug("Arbiter booted")
         self.cfg.when_ready(self)
+
+    def inherited_fds(self) -> list[int] | None:
+        """Listening descriptors handed to us: systemd socket activation first, then
+        ``GUNICORN_FD`` from the master that started us with USR2."""
+        count = systemd.listen_fds()
+        if count:
+            self.systemd = True
+            return systemd.listen_fd_numbers(count)
+        if self.master_pid:
+            return upgrade.take_gunicorn_fds() or None
+        return None
 
     def init_signals(self) -> None:
         self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -149,8 +175,10 @@ class Arbiter:
         """Serve until told to stop; returns the exit code."""
         try:
             self.start()
+            proctitle.set_title(f"master [{self.proc_name}]")
             self.manage_workers()
             while True:
+                self.maybe_promote_master()
                 sig = self.sig_queue.pop(0) if self.sig_queue else None
                 if sig is None:
                     self.sleep()
@@ -158,6 +186,7 @@ class Arbiter:
                     self.murder_workers()
                     self.recycle_fat_workers()
                     self.manage_workers()
+                    self.check_ready()
                     continue
                 name = SIGNAMES.get(sig, str(sig))
                 handler = getattr(self, f"handle_{name}", None)
@@ -180,8 +209,10 @@ class Arbiter:
 
     def sleep(self) -> None:
         """Wait up to a second for a signal (the wake-up pipe turns readable)."""
+        # Look at booting workers often until READY=1 is sent, then once a second.
+        timeout = 1.0 if self.ready_after_age is None else 0.1
         try:
-            ready = select.select([self._pipe_r], [], [], 1.0)
+            ready = select.select([self._pipe_r], [], [], timeout)
             if ready[0]:
                 while os.read(self._pipe_r, 64):
                     pass
@@ -212,9 +243,11 @@ class Arbiter:
         start a fresh set of workers (re-importing the app unless it was preloaded)
         and retire the old ones with TERM once the new ones are forked."""
         self.log.info("Hang up: Master")
+        systemd.sd_notify(systemd.reloading_message(), self.log)
         self.reload_config()
         self.cfg.on_reload(self)
         old = list(self.workers)
+        self.ready_after_age = self.worker_age
         for _ in range(self.num_workers):
             self.spawn_worker()
         for pid in old:
@@ -232,9 +265,13 @@ class Arbiter:
             self.log.error("Reload failed: the command line no longer parses")
             return
         old_binds = list(self.cfg.bind)
+        daemon.restore_env(self.cfg.env, self.env_orig)
+        daemon.apply_env(cfg.env)
         self.cfg = cfg
         self.app_uri = app_uri
         self.log.setup(cfg)
+        self.proc_name = cfg.proc_name + (".2" if self.master_pid else "")
+        proctitle.set_title(f"master [{self.proc_name}]")
         if self.num_workers != cfg.workers:
             self.set_num_workers(cfg.workers)
         if list(cfg.bind) != old_binds:
@@ -261,13 +298,81 @@ class Arbiter:
         self.kill_workers(signal.SIGUSR1)
 
     def handle_usr2(self) -> None:
-        self.log.warning(
-            "USR2 (re-exec a new master) is not supported by ferrocorn yet; "
-            "use HUP to reload workers"
-        )
+        """Fork and exec a new master that inherits the listeners (upgrade.py)."""
+        if self.reexec_pid:
+            self.log.warning("USR2 signal ignored. Child exists.")
+            return
+        if self.master_pid:
+            self.log.warning("USR2 signal ignored. Parent exists.")
+            return
+        if self.argv is None:
+            self.log.error("USR2 signal ignored: the original command line is unknown")
+            return
+        master_pid = os.getpid()
+        fds = [lst.fileno() for lst in self.listeners]
+        self.log.flush()
+        pid = os.fork()
+        if pid:
+            self.reexec_pid = pid
+            return
+        try:  # the child: never return into the master's loop
+            signal.set_wakeup_fd(-1)
+            self.cfg.pre_exec(self)
+            self.log.flush()
+            upgrade.exec_new_master(
+                self.argv, self.start_cwd, self.env_orig, master_pid, fds, self.systemd
+            )
+        except BaseException:
+            self.log.exception("USR2: could not start a new master")
+            self.log.flush()
+        finally:
+            os._exit(1)
 
     def handle_winch(self) -> None:
-        self.log.debug("SIGWINCH ignored. Not daemonized")
+        if self.cfg.daemon:
+            self.log.info("graceful stop of workers")
+            self.num_workers = 0
+            self.kill_workers(signal.SIGTERM)
+        else:
+            self.log.debug("SIGWINCH ignored. Not daemonized")
+
+    def maybe_promote_master(self) -> None:
+        """A master started by USR2 takes over once the old one is gone (its parent
+        changed): the pidfile loses its ``.2``, and so does the process title."""
+        if not self.master_pid or self.master_pid == os.getppid():
+            return
+        self.log.info("Master has been promoted.")
+        self.master_pid = 0
+        self.proc_name = self.cfg.proc_name
+        os.environ.pop("GUNICORN_PID", None)
+        if self.pidfile is not None and self.cfg.pidfile:
+            try:
+                self.pidfile.rename(self.cfg.pidfile)
+            except PidfileError as e:
+                self.log.error("%s", e)
+        proctitle.set_title(f"master [{self.proc_name}]")
+        systemd.sd_notify(f"MAINPID={self.pid}", self.log)
+
+    def check_ready(self) -> None:
+        """sd_notify READY=1 once ``num_workers`` workers of the current generation
+        have booted (imported the app and entered their loop), not before any has, as
+        gunicorn does. HUP starts a new generation (after RELOADING=1)."""
+        if self.ready_after_age is None:
+            return
+        booted = sum(
+            1
+            for worker in self.workers.values()
+            if worker.age > self.ready_after_age
+            and self.board.snapshot(worker.slot)["state"] not in ("booting", "free")
+        )
+        if booted < self.num_workers:
+            return
+        self.ready_after_age = None
+        state = f"READY=1\nSTATUS=ferrocorn: {booted} workers booted"
+        if self.master_pid:
+            state = f"MAINPID={self.pid}\n{state}"
+        if systemd.sd_notify(state, self.log):
+            self.log.debug("sd_notify: READY=1 (%s workers booted)", booted)
 
     def set_num_workers(self, n: int) -> None:
         old = self.num_workers
@@ -377,6 +482,7 @@ class Arbiter:
             os.close(self._pipe_w)
             worker.pid = os.getpid()
             self.board.set_pid(worker.slot, worker.pid)
+            proctitle.set_title(f"worker [{self.proc_name}]")
             self.log.info("Booting worker with pid: %s", worker.pid)
             self.cfg.post_fork(self, worker)
             code = boot(worker)
@@ -414,6 +520,11 @@ class Arbiter:
                 return
             worker = self.workers.pop(wpid, None)
             if worker is None:
+                if wpid == self.reexec_pid:  # the USR2 master exited: allow another
+                    self.reexec_pid = 0
+                    code = os.waitstatus_to_exitcode(status)
+                    if code:
+                        self.log.error("New master (pid:%s) exited with code %s", wpid, code)
                 continue  # not ours (e.g. ferrocorn running as PID 1)
             self.board.release(worker.slot)
             self.free_slots.append(worker.slot)
@@ -447,8 +558,10 @@ class Arbiter:
         """Stop the workers: TERM lets them finish (within graceful_timeout), QUIT
         ends them at once. Listeners are closed first so no new connection is queued
         to this master's sockets once the workers are gone."""
+        # A unix socket path stays when a USR2 master shares it or systemd owns it.
+        unlink = self.reexec_pid == 0 and self.master_pid == 0 and not self.systemd
         for lst in self.listeners:
-            lst.close()
+            lst.close(unlink)
         self.listeners = []
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         limit = time.monotonic() + float(self.cfg.graceful_timeout)
@@ -463,6 +576,7 @@ class Arbiter:
             time.sleep(0.02)
 
     def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        systemd.sd_notify("STOPPING=1", self.log)
         self.stop()
         self.log.info("Shutting down: Master")
         if reason is not None:

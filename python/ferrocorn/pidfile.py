@@ -16,8 +16,8 @@ class Pidfile:
         self.path = path
         self.pid: int | None = None
 
-    def create(self, pid: int) -> None:
-        old = self.validate()
+    def create(self, pid: int, force: bool = False) -> None:
+        old = None if force else self.validate()
         if old and old != os.getpid():
             raise PidfileError(
                 f"Already running on PID {old} (or pid file '{self.path}' is stale); "
@@ -32,6 +32,14 @@ class Pidfile:
             os.replace(tmp, self.path)
         except OSError as e:
             raise PidfileError(f"Cannot write pid file '{self.path}': {e.strerror}") from e
+
+    def rename(self, path: str) -> None:
+        """A master promoted after USR2 moves from ``<pidfile>.2`` to the real name.
+        The old master is gone by then (possibly a zombie not yet reaped, which
+        ``validate`` would take for alive), so the file is written unconditionally."""
+        self.unlink()
+        self.path = path
+        self.create(self.pid if self.pid is not None else os.getpid(), force=True)
 
     def unlink(self) -> None:
         """Remove the file if it is still ours."""

@@ -592,7 +592,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Address to listen on; repeat to listen on several.",
         meta="ADDRESS", action="append",
         doc="Forms: `HOST`, `HOST:PORT`, `[IPV6]:PORT`, `tcp://HOST:PORT`, `unix:PATH`, "
-        "`unix://PATH`, `fd://FD`. The port defaults to 8000.",
+        "`unix://PATH`, `fd://FD`. The port defaults to 8000. Under systemd socket "
+        "activation (`LISTEN_PID` is this process) the sockets at fd 3 and up are used "
+        "and the other binds are ignored, as in gunicorn; the same goes for the sockets a "
+        "USR2 upgrade hands over (`GUNICORN_FD`). Once every worker has booted, "
+        "`READY=1` goes to `NOTIFY_SOCKET` (gunicorn sends it before any worker runs); "
+        "also `RELOADING=1` on HUP and `STOPPING=1` on shutdown.",
         default_doc="['127.0.0.1:8000']", env_var="PORT", env_value=_port_bind,
     ),
     Setting(
@@ -687,16 +692,25 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     # -- Debugging
     _flag("reload", DEBUGGING, ("--reload",), "Restart workers when source files change.",
-          status=NOT_YET),
+          doc="Development only. Each worker polls, once a second, the files of every loaded "
+          "module and the `--reload-extra-file` paths; on a change it logs `Worker reloading: "
+          "FILE modified`, runs `worker_int`, finishes the request in hand and exits, and the "
+          "master starts a fresh worker. An app that fails to compile is answered with a 500 "
+          "showing the traceback until the file is fixed. With `--preload` the code is in "
+          "the master and a restarted worker does not see changes (as gunicorn)."),
     Setting(
         "reload_engine", DEBUGGING, ("--reload-engine",), "auto",
         choice("auto", "poll", "inotify"), "How --reload watches files: auto, poll or inotify.",
-        meta="STRING", status=NOT_YET,
+        meta="STRING",
+        doc="ferrocorn always polls: `inotify` is accepted and behaves like `poll` (a change "
+        "is seen within a second).",
     ),
     Setting(
         "reload_extra_files", DEBUGGING, ("--reload-extra-file",), [], validate_list_string,
         "Extra files or glob patterns that trigger a reload; repeatable.",
-        meta="FILES", action="append", status=NOT_YET,
+        meta="FILES", action="append",
+        doc="Patterns (`*`, `?`, `[`, `**`) are expanded on every poll, so files created "
+        "later count too.",
     ),
     _flag("spew", DEBUGGING, ("--spew",), "Trace every executed line (very noisy).",
           status=NOT_YET),
@@ -721,16 +735,28 @@ SETTINGS: tuple[Setting, ...] = (
         default_doc="the current directory",
     ),
     _flag("reuse_port", MECHANICS, ("--reuse-port",),
-          "Set SO_REUSEPORT on the listening sockets."),
+          "Set SO_REUSEPORT on the listening sockets.",
+          doc="The master's sockets get SO_REUSEPORT, so another server (a second ferrocorn "
+          "during a migration) can bind the same port. Workers do not bind sockets of their "
+          "own as gunicorn 24+ does with this flag: ferrocorn's workers poll the shared "
+          "socket only while idle, so connections already go to free workers."),
     _flag("daemon", MECHANICS, ("-D", "--daemon"), "Detach from the terminal and run in the "
-          "background.", status=NOT_YET),
+          "background.",
+          doc="Double fork and `setsid`, umask 022, the working directory kept; stdin, stdout "
+          "and stderr go to /dev/null unless `--enable-stdio-inheritance`, so give "
+          "`--error-logfile`. The pidfile holds the daemon's pid. WINCH to a daemonized "
+          "master stops its workers (used during a USR2 upgrade)."),
     Setting(
         "raw_env", MECHANICS, ("-e", "--env"), [], validate_raw_env,
         "Set an environment variable, KEY=VALUE; repeatable.", meta="ENV", action="append",
+        doc="Set in the master (before the app is imported with `--preload`) and in every "
+        "worker; HUP restores the previous values before applying the new ones.",
     ),
     Setting(
         "pidfile", MECHANICS, ("-p", "--pid"), None, validate_string,
         "Write the master's PID to this file.", meta="FILE",
+        doc="A master started by USR2 writes `FILE.2` and renames it to `FILE` once the "
+        "old master has exited.",
     ),
     Setting(
         "worker_tmp_dir", MECHANICS, ("--worker-tmp-dir",), None, validate_string,
@@ -740,19 +766,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "user", MECHANICS, ("-u", "--user"), os.geteuid(), validate_user,
         "Run workers as this user (name or uid).", meta="USER",
-        default_doc="the current user", status=NOT_YET,
+        default_doc="the current user",
+        doc="Workers switch after fork, before the app is imported; the master keeps its "
+        "user. Only root can switch. Unix sockets and log files are given to this user "
+        "and group. Beyond gunicorn, a worker leaving root without `--initgroups` also "
+        "drops root's supplementary groups.",
     ),
     Setting(
         "group", MECHANICS, ("-g", "--group"), os.getegid(), validate_group,
         "Run workers as this group (name or gid).", meta="GROUP",
-        default_doc="the current group", status=NOT_YET,
+        default_doc="the current group",
     ),
     Setting(
         "umask", MECHANICS, ("-m", "--umask"), 0, validate_octal,
         "umask for files the server creates, e.g. unix sockets (022 is octal).", meta="INT",
+        doc="As in gunicorn it applies while unix sockets are created; `--daemon` sets the "
+        "process umask to 022.",
     ),
     _flag("initgroups", MECHANICS, ("--initgroups",),
-          "Give workers all groups of the --user account.", status=NOT_YET),
+          "Give workers all groups of the --user account."),
     Setting(
         "tmp_upload_dir", MECHANICS, (), None, validate_string,
         "Legacy upload directory; unused by gunicorn itself.", meta="DIR", status=NOT_YET,
@@ -887,7 +919,9 @@ SETTINGS: tuple[Setting, ...] = (
         "Syslog facility name.", meta="SYSLOG_FACILITY", status=NOT_YET,
     ),
     _flag("enable_stdio_inheritance", LOGGING, ("-R", "--enable-stdio-inheritance"),
-          "Keep stdio open when daemonizing.", status=NOT_YET),
+          "Keep stdio open when daemonizing.",
+          doc="stdout and stderr are kept when they are not a terminal, so "
+          "`ferrocorn -D -R app > out.log 2>&1` logs to out.log."),
     Setting(
         "statsd_host", LOGGING, ("--statsd-host",), None, validate_optional_address,
         "StatsD server (HOST:PORT or unix://PATH) to send metrics to.",
@@ -908,6 +942,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "proc_name", NAMING, ("-n", "--name"), None, validate_string,
         "Name shown in process titles; defaults to the application module.", meta="STRING",
+        doc="Titles are `ferrocorn: master [NAME]` and `ferrocorn: worker [NAME]` (`NAME.2` "
+        "for a master started by USR2 until it is promoted). They replace the command line "
+        "in `ps` when the optional `setproctitle` package is installed "
+        "(`pip install ferrocorn[setproctitle]`); without it only the 15-character process "
+        "name (`/proc/PID/comm`) is set.",
     ),
     Setting(
         "default_proc_name", NAMING, (), "ferrocorn", validate_string,
@@ -928,7 +967,10 @@ SETTINGS: tuple[Setting, ...] = (
     _hook("worker_abort", HOOKS, ("worker",),
           "Called in a worker on SIGABRT, which the master sends on timeout."),
     _hook("pre_exec", HOOKS, ("server",),
-          "Called in the new master just before it execs on USR2."),
+          "Called in the new master just before it execs on USR2.",
+          doc="USR2 forks the master; the child runs this hook, then execs `python -m "
+          "ferrocorn` with the original arguments and the listening sockets "
+          "(`GUNICORN_FD`, `GUNICORN_PID`)."),
     _hook("pre_request", HOOKS, ("worker", "req"),
           "Called in a worker before each request is handled."),
     _hook("post_request", HOOKS, ("worker", "req", "environ", "resp"),

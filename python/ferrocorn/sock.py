@@ -71,7 +71,9 @@ def _tcp_socket(host: str, port: int, backlog: int, reuse_port: bool) -> socket.
     return sock
 
 
-def _unix_socket(path: str, backlog: int, umask: int) -> socket.socket:
+def _unix_socket(
+    path: str, backlog: int, umask: int, owner: tuple[int, int] | None = None
+) -> socket.socket:
     if os.path.exists(path):
         if not stat.S_ISSOCK(os.stat(path).st_mode):
             raise BindError(f"{path} exists and is not a socket; remove it or bind elsewhere")
@@ -80,6 +82,9 @@ def _unix_socket(path: str, backlog: int, umask: int) -> socket.socket:
     old = os.umask(umask)
     try:
         sock.bind(path)
+        if owner is not None:
+            # --user/--group: workers that dropped privileges may still use the path.
+            os.chown(path, *owner)
         sock.listen(backlog)
     except BaseException:
         sock.close()
@@ -96,15 +101,22 @@ def _fd_socket(fd: int, backlog: int) -> socket.socket:
     return sock
 
 
-def create_listeners(cfg: Any, log: Logger) -> list[Listener]:
-    """Bind every address of ``cfg.bind``; raises BindError with a one-line reason."""
+def create_listeners(cfg: Any, log: Logger, fds: list[int] | None = None) -> list[Listener]:
+    """Bind every address of ``cfg.bind``; raises BindError with a one-line reason.
+
+    ``fds`` are already-listening inherited descriptors (systemd socket activation, or
+    ``GUNICORN_FD`` after USR2): as in gunicorn they are adopted, together with any
+    ``fd://`` binds, and the other binds are ignored."""
+    if fds:
+        return _adopt(cfg, fds)
     listeners: list[Listener] = []
+    owner = (cfg.uid, cfg.gid)
     for address in cfg.address:
         kind = address[0]
         for attempt in range(5):
             try:
                 if kind == "unix":
-                    sock = _unix_socket(str(address[1]), cfg.backlog, cfg.umask)
+                    sock = _unix_socket(str(address[1]), cfg.backlog, cfg.umask, owner)
                 elif kind == "fd":
                     sock = _fd_socket(int(address[1]), cfg.backlog)
                 else:
@@ -133,6 +145,21 @@ def create_listeners(cfg: Any, log: Logger) -> list[Listener]:
         sock.set_inheritable(True)
         sock.setblocking(False)
         listeners.append(Listener(sock, address))
+    return listeners
+
+
+def _adopt(cfg: Any, fds: list[int]) -> list[Listener]:
+    """Wrap inherited listening descriptors; the family comes from the socket itself."""
+    numbers = [int(a[1]) for a in cfg.address if a[0] == "fd"] + list(fds)
+    listeners: list[Listener] = []
+    for fd in dict.fromkeys(numbers):
+        try:
+            sock = _fd_socket(fd, cfg.backlog)
+        except OSError as e:
+            raise BindError(f"Can't use inherited fd {fd}: {e.strerror or e}") from e
+        sock.set_inheritable(True)
+        sock.setblocking(False)
+        listeners.append(Listener(sock, ("fd", fd)))
     return listeners
 
 

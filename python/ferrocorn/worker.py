@@ -18,7 +18,7 @@ import time
 from types import FrameType
 from typing import Any
 
-from ferrocorn import _ferrocorn
+from ferrocorn import _ferrocorn, daemon, reloader
 from ferrocorn._version import __version__
 from ferrocorn.app import AppImportError, import_app
 from ferrocorn.glogging import Logger
@@ -123,6 +123,7 @@ class Worker:
         self.wsgi: Any = preloaded_app
         self._core: Any = None
         self.board: Any = None  # the master's Scoreboard, set before fork
+        self.reloader: reloader.Reloader | None = None  # --reload, started in the child
         self.slot = 0
 
     def __str__(self) -> str:
@@ -152,11 +153,16 @@ class Worker:
         """Runs in the child right after fork and never returns normally."""
         for key, value in self.cfg.env.items():
             os.environ[key] = value
+        daemon.set_owner_process(self.cfg.uid, self.cfg.gid, bool(self.cfg.initgroups))
         random.seed()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.init_signals()
+        if self.cfg.reload:
+            self.reloader = reloader.worker_reloader(self)
         if self.wsgi is None:
             self.wsgi = self.load_wsgi()
+        if self.reloader is not None:
+            self.reloader.start()
         self.cfg.post_worker_init(self)
         self.booted = True
         self.run()
@@ -180,7 +186,16 @@ class Worker:
         faulthandler.register(SIG_DUMP_STACKS, file=self.log.error_stream(), all_threads=True)
 
     def load_wsgi(self) -> Any:
-        return import_app(self.app_uri)
+        try:
+            return import_app(self.app_uri)
+        except SyntaxError as e:
+            # --reload: serve the traceback and watch the broken file (as gunicorn).
+            if self.reloader is None:
+                raise
+            self.log.exception("%s", e)
+            if e.filename:
+                self.reloader.add_extra_file(e.filename)
+            return reloader.make_fail_app(reloader.format_exception(e))
 
     def handle_exit(self, signum: int, frame: FrameType | None) -> None:
         self.alive = False

@@ -13,7 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 use crate::http::{Decoder, HttpError};
-use crate::wsgi::io::{lock, SharedConn};
+use crate::wsgi::io::{lock, upgrade, ConnRef, SharedConn};
+use std::sync::Arc;
 
 pyo3::create_exception!(
     _ferrocorn,
@@ -25,7 +26,7 @@ pyo3::create_exception!(
 /// The decoding state behind one `wsgi.input`.
 #[derive(Debug)]
 pub struct BodyState {
-    conn: SharedConn,
+    conn: ConnRef,
     decoder: Decoder,
     /// Decoded bytes not yet handed to the app: `out[out_pos..]`.
     out: Vec<u8>,
@@ -36,9 +37,9 @@ pub struct BodyState {
 
 impl BodyState {
     /// A body decoded from `conn` with `decoder`.
-    pub fn new(conn: SharedConn, decoder: Decoder) -> BodyState {
+    pub fn new(conn: &SharedConn, decoder: Decoder) -> BodyState {
         BodyState {
-            conn,
+            conn: Arc::downgrade(conn),
             decoder,
             out: Vec::new(),
             out_pos: 0,
@@ -65,7 +66,8 @@ impl BodyState {
             self.out.clear();
             self.out_pos = 0;
         }
-        let mut guard = lock(&self.conn)?;
+        let shared = upgrade(&self.conn)?;
+        let mut guard = lock(&shared)?;
         while self.available() < want && !self.decoder.is_done() {
             if stop_at_newline && memchr::memchr(b'\n', &self.out[self.out_pos..]).is_some() {
                 break;
@@ -102,7 +104,7 @@ impl BodyState {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
                     drop(guard);
                     py.check_signals()?;
-                    guard = lock(&self.conn)?;
+                    guard = lock(&shared)?;
                 }
                 Err(e) => {
                     self.error = Some(HttpError::IncompleteBody);

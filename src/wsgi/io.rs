@@ -7,7 +7,7 @@
 //! must be `Send` and the gthread worker will hand connections between threads.
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
@@ -100,6 +100,19 @@ impl Conn {
 
 /// A connection shared between the worker loop and the WSGI objects of one request.
 pub type SharedConn = Arc<Mutex<Conn>>;
+
+/// The WSGI objects' handle on the connection. Weak on purpose: apps keep `environ`
+/// (and with it `wsgi.input` and `start_response`) alive in reference cycles — Django
+/// does — and a strong handle there kept the socket open in CLOSE-WAIT until a garbage
+/// collection. The worker holds the only strong reference, so dropping it closes the
+/// socket; a late use from Python then gets an OSError.
+pub type ConnRef = Weak<Mutex<Conn>>;
+
+/// Upgrades a [`ConnRef`], or reports that the connection is gone.
+pub fn upgrade(conn: &ConnRef) -> PyResult<SharedConn> {
+    conn.upgrade()
+        .ok_or_else(|| PyOSError::new_err("the connection of this request is closed"))
+}
 
 /// Locks the connection; a poisoned lock (a panic while writing) is reported to Python
 /// as an OSError rather than propagating the panic.

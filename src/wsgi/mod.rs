@@ -185,7 +185,7 @@ impl Handler {
         let input = match Bound::new(
             py,
             Input {
-                state: Mutex::new(BodyState::new(conn.clone(), decoder)),
+                state: Mutex::new(BodyState::new(conn, decoder)),
             },
         ) {
             Ok(i) => i,
@@ -196,7 +196,7 @@ impl Handler {
         };
         let is_head = head.method == "HEAD";
         let resp: SharedResponse = Arc::new(Mutex::new(Response::new(
-            conn.clone(),
+            conn,
             head.version,
             is_head,
             keep_alive && head.keep_alive,
@@ -529,7 +529,7 @@ fn try_sendfile(py: Python<'_>, resp: &SharedResponse, fw: &FileWrapper) -> PyRe
         r.finish(py)?;
         return Ok(true);
     }
-    let conn = r.conn().clone();
+    let conn = r.conn()?;
     let chunked = framing == Framing::Chunked;
     let sent: std::io::Result<u64> = py.detach(|| {
         let mut c = conn

@@ -15,7 +15,7 @@ use pyo3::types::{PyBytes, PyString, PyTuple};
 
 use crate::http::response::{http_date_now, reason_phrase};
 use crate::http::Version;
-use crate::wsgi::io::{lock, SharedConn};
+use crate::wsgi::io::{lock, upgrade, ConnRef, SharedConn};
 
 /// Hop-by-hop headers that gunicorn drops from app responses; it writes its own
 /// `Server`, `Date`, `Connection` and `Transfer-Encoding`.
@@ -62,7 +62,7 @@ pub enum Phase {
 /// The state of one response.
 #[derive(Debug)]
 pub struct Response {
-    conn: SharedConn,
+    conn: ConnRef,
     version: Version,
     is_head: bool,
     /// Whether the connection stays open after this response.
@@ -101,9 +101,9 @@ fn is_valid_value(s: &str) -> bool {
 
 impl Response {
     /// A response to a request of `version`; `is_head` suppresses the body.
-    pub fn new(conn: SharedConn, version: Version, is_head: bool, keep_alive: bool) -> Self {
+    pub fn new(conn: &SharedConn, version: Version, is_head: bool, keep_alive: bool) -> Self {
         Response {
-            conn,
+            conn: Arc::downgrade(conn),
             version,
             is_head,
             keep_alive,
@@ -323,7 +323,7 @@ impl Response {
         if bufs.is_empty() {
             return Ok(());
         }
-        let conn = &self.conn;
+        let conn = upgrade(&self.conn)?;
         let res: io::Result<()> = py.detach(|| match conn.lock() {
             Ok(mut c) => c.write_all(&bufs),
             Err(_) => Err(io::Error::other("connection state poisoned")),
@@ -345,7 +345,7 @@ impl Response {
             }
         }
         if self.phase == Phase::Sent(Framing::Chunked) {
-            let conn = &self.conn;
+            let conn = upgrade(&self.conn)?;
             let res: io::Result<()> = py.detach(|| match conn.lock() {
                 Ok(mut c) => c.write_one(b"0\r\n\r\n"),
                 Err(_) => Err(io::Error::other("connection state poisoned")),
@@ -364,8 +364,8 @@ impl Response {
         if self.phase == Phase::Ready {
             let (head, framing) = self.build_head(Some(count));
             self.phase = Phase::Sent(framing);
-            let conn = &self.conn;
-            let res = py.detach(|| lock(conn).map(|mut c| c.write_one(&head)));
+            let conn = upgrade(&self.conn)?;
+            let res = py.detach(|| lock(&conn).map(|mut c| c.write_one(&head)));
             res?.map_err(|e| PyOSError::new_err(format!("writing response: {e}")))?;
         }
         match self.phase {
@@ -383,8 +383,8 @@ impl Response {
     }
 
     /// The connection, for the sendfile path.
-    pub fn conn(&self) -> &SharedConn {
-        &self.conn
+    pub fn conn(&self) -> PyResult<SharedConn> {
+        upgrade(&self.conn)
     }
 
     /// The status line's text, e.g. "200 OK".

@@ -57,8 +57,10 @@ def test_status_of_key_settings():
     by_name = settings.SETTINGS_BY_NAME
     for name in ("bind", "workers", "timeout", "on_starting", "post_request", "max_worker_memory"):
         assert by_name[name].status == "supported"
-    for name in ("certfile", "ssl_context", "daemon", "stats_bind", "control_socket", "reload"):
+    for name in ("certfile", "ssl_context", "syslog", "stats_bind", "control_socket", "spew"):
         assert by_name[name].status == "not_yet"
+    for name in ("daemon", "reload", "user", "group", "initgroups", "reuse_port", "proc_name"):
+        assert by_name[name].status == "supported"
     assert by_name["header_map"].supported_values == ("drop",)
 
 
@@ -275,12 +277,12 @@ def test_not_yet_refused_from_cli():
 
 
 def test_not_yet_refused_from_file_and_env_args(tmp_path):
-    write(tmp_path / "gunicorn.conf.py", "daemon = True\n")
-    with pytest.raises(ConfigError, match="setting 'daemon' \\(--daemon\\) is not supported"):
+    write(tmp_path / "gunicorn.conf.py", "syslog = True\n")
+    with pytest.raises(ConfigError, match="setting 'syslog' \\(--log-syslog\\) is not supported"):
         load(["app"])
     (tmp_path / "gunicorn.conf.py").unlink()
-    with pytest.raises(ConfigError, match="'reload'"):
-        load(["app"], {"GUNICORN_CMD_ARGS": "--reload"})
+    with pytest.raises(ConfigError, match="'spew'"):
+        load(["app"], {"GUNICORN_CMD_ARGS": "--spew"})
 
 
 def test_not_yet_hook_refused(tmp_path):
@@ -291,10 +293,10 @@ def test_not_yet_hook_refused(tmp_path):
 
 def test_not_yet_at_default_value_is_accepted(tmp_path):
     write(
-        tmp_path / "gunicorn.conf.py", "daemon = False\ncertfile = None\nsyslog_facility = 'user'\n"
+        tmp_path / "gunicorn.conf.py", "spew = False\ncertfile = None\nsyslog_facility = 'user'\n"
     )
     cfg, _ = load(["app"])
-    assert cfg.daemon is False
+    assert cfg.spew is False
 
 
 def test_partially_supported_value():
