@@ -21,7 +21,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -136,6 +136,8 @@ struct Shared {
     phase: PhaseCell,
     /// Flips to true when the worker stops accepting (TERM, max-requests).
     stop_tx: watch::Sender<bool>,
+    /// The same, for responses still being produced (see [`Handler::force_close`]).
+    closing: Arc<AtomicBool>,
     /// Requests admitted (counted before the app runs, as gunicorn's `nr`).
     served: AtomicU64,
     board: Py<Scoreboard>,
@@ -189,6 +191,7 @@ impl Shared {
     }
 
     fn begin_stop(&self) {
+        self.closing.store(true, Ordering::Relaxed);
         self.stop_tx.send_replace(true);
     }
 }
@@ -281,6 +284,7 @@ impl GthreadWorker {
         let worker_connections: usize = get_or(options, "worker_connections", 1000usize)?.max(1);
         let keepalive: f64 = get_or(options, "keepalive", 2.0)?;
         let graceful: f64 = get_or(options, "graceful_timeout", 30.0)?;
+        let closing = Arc::new(AtomicBool::new(false));
         let mut handlers = Vec::with_capacity(threads);
         let mut cfg = None;
         // One Handler per pool thread: each keeps its own environ key cache, so the
@@ -304,6 +308,7 @@ impl GthreadWorker {
                 limits: opts.limits,
                 sendfile: opts.sendfile,
                 pending_exit: None,
+                force_close: Some(closing.clone()),
                 hooks: hooks_from(hooks)?,
             });
         }
@@ -330,6 +335,7 @@ impl GthreadWorker {
             cfg,
             phase: PhaseCell::new(),
             stop_tx,
+            closing,
             served: AtomicU64::new(0),
             board,
             slot,

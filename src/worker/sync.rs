@@ -174,6 +174,7 @@ impl SyncWorker {
             limits: opts.limits,
             sendfile: opts.sendfile,
             pending_exit: None,
+            force_close: None,
             hooks,
         };
         Ok(SyncWorker {

@@ -13,6 +13,7 @@ pub mod io;
 pub mod response;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -108,6 +109,9 @@ pub struct Handler {
     /// A `SystemExit`/`KeyboardInterrupt` that escaped the app (raised by a signal
     /// handler while it ran); the worker re-raises it once the response is settled.
     pub pending_exit: Option<PyErr>,
+    /// Set by a worker that starts stopping while requests run (gthread): responses
+    /// whose head has not gone out yet then say `Connection: close`.
+    pub force_close: Option<Arc<AtomicBool>>,
 }
 
 impl Handler {
@@ -195,12 +199,10 @@ impl Handler {
             }
         };
         let is_head = head.method == "HEAD";
-        let resp: SharedResponse = Arc::new(Mutex::new(Response::new(
-            conn,
-            head.version,
-            is_head,
-            keep_alive && head.keep_alive,
-        )));
+        let mut response =
+            Response::new(conn, head.version, is_head, keep_alive && head.keep_alive);
+        response.force_close = self.force_close.clone();
+        let resp: SharedResponse = Arc::new(Mutex::new(response));
 
         let hook_req = match &self.hooks {
             Some(h) => match h.request(py, head) {

@@ -7,6 +7,7 @@
 //! worker that iterates the app's result and writes the access log.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
@@ -77,6 +78,9 @@ pub struct Response {
     content_length: Option<u64>,
     /// Body bytes written (for the access log's `b`/`B` atoms).
     pub bytes_sent: u64,
+    /// When set by the time the head goes out, the connection closes after this
+    /// response (a gthread worker began stopping while the app ran).
+    pub force_close: Option<Arc<AtomicBool>>,
 }
 
 /// A response shared between the Python objects and the worker.
@@ -113,6 +117,7 @@ impl Response {
             headers: Vec::new(),
             content_length: None,
             bytes_sent: 0,
+            force_close: None,
         }
     }
 
@@ -226,7 +231,12 @@ impl Response {
             self.headers
                 .retain(|(n, _)| !n.eq_ignore_ascii_case("content-length"));
         }
-        let keep_alive = self.keep_alive && framing != Framing::CloseDelimited;
+        let keep_alive = self.keep_alive
+            && framing != Framing::CloseDelimited
+            && !self
+                .force_close
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed));
         self.keep_alive = keep_alive;
         let mut head = Vec::with_capacity(256);
         head.extend_from_slice(self.version.as_str().as_bytes());
