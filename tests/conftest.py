@@ -31,6 +31,12 @@ Test modules must not import this file; helpers come as fixtures: ``helpers`` (a
 (``cli(args)`` runs the server command to completion: ``--version``, ``--check-config``...).
 
 Markers: ``ferrocorn_only`` (skipped when the server under test is gunicorn) and ``slow``.
+
+Worker classes: a module with ``pytestmark = pytest.mark.usefixtures("worker_class")`` runs
+each test once per class (``sync``, ``gthread``); ``server``, ``server_pool``, ``app_server``
+and ``echo_server`` then start servers with that class's arguments (``WORKER_CLASS_ARGS``)
+unless the test's own arguments choose a class or thread count.  Tests read the current
+class from the ``worker_class`` fixture.
 """
 
 from __future__ import annotations
@@ -69,6 +75,9 @@ _SCRUB_ENV = ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS", "PORT", "FORWARDED_ALLOW_I
               "NOTIFY_SOCKET")
 
 _LISTEN_RE = re.compile(r"Listening at: (\S+)")
+
+# Extra arguments per worker class for the tests that run once per class.
+WORKER_CLASS_ARGS = {"sync": [], "gthread": ["--worker-class", "gthread", "--threads", "4"]}
 
 
 # --------------------------------------------------------------------------- markers
@@ -669,8 +678,28 @@ def start_server(args, app, cwd=None, env=None, wait=True, bind=True, timeout=BO
     return srv
 
 
+def current_worker_class(request) -> str:
+    """The ``worker_class`` parameter of the running test (``sync`` when it has none)."""
+    callspec = getattr(request.node, "callspec", None)
+    return callspec.params.get("worker_class", "sync") if callspec else "sync"
+
+
+def with_worker_class(request, args) -> list[str]:
+    """``args`` plus the current worker class's arguments, unless they pick one already."""
+    args = list(args)
+    if _has_opt(args, "-k", "--worker-class", "--threads"):
+        return args
+    return WORKER_CLASS_ARGS[current_worker_class(request)] + args
+
+
+@pytest.fixture(params=list(WORKER_CLASS_ARGS))
+def worker_class(request):
+    """Runs the test once per worker class; see the module docstring."""
+    return request.param
+
+
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, request):
     """Factory: ``server(args, app, cwd=None, env=None, wait=True, bind=True)``."""
     started: list[Server] = []
     n = 0
@@ -679,6 +708,7 @@ def server(tmp_path):
                 timeout=BOOT_TIMEOUT, prefix=()):
         nonlocal n
         n += 1
+        args = with_worker_class(request, args)
         srv = Server(args, app, cwd=cwd, env=env, bind=bind, workdir=tmp_path / f"server{n}",
                      prefix=prefix)
         started.append(srv)
@@ -731,10 +761,27 @@ class ServerPool:
 
 
 @pytest.fixture(scope="session")
-def server_pool(tmp_path_factory):
+def session_server_pool(tmp_path_factory):
     pool = ServerPool(tmp_path_factory.mktemp("pool"))
     yield pool
     pool.close()
+
+
+class _ClassPool:
+    """``server_pool`` as a test sees it: the session pool, with the test's worker class."""
+
+    def __init__(self, pool: ServerPool, request):
+        self._pool = pool
+        self._request = request
+
+    def get(self, args=(), app="wsgiapps:echo", cwd=None, skip_unsupported=False) -> Server:
+        return self._pool.get(with_worker_class(self._request, args), app, cwd=cwd,
+                              skip_unsupported=skip_unsupported)
+
+
+@pytest.fixture
+def server_pool(session_server_pool, request):
+    return _ClassPool(session_server_pool, request)
 
 
 @pytest.fixture

@@ -26,6 +26,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+# Issue 4: the same behaviour from both worker classes (see conftest.py).
+pytestmark = pytest.mark.usefixtures("worker_class")
+
 CORPUS = Path(__file__).resolve().parent / "requests"
 SPLITS = ["whole", "byte", "random"]
 BASE_ARGS = ["--workers", "2"]

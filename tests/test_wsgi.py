@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Issue 4: the same behaviour from both worker classes (see conftest.py).
+pytestmark = pytest.mark.usefixtures("worker_class")
+
 
 def fixture_bytes(size: int) -> bytes:
     """The content of wsgiapps._fixture_file(size)."""
@@ -35,7 +38,7 @@ def wait_for_file_lines(path: Path, pattern: str, count: int = 1, timeout: float
 # --------------------------------------------------------------------------- environ
 
 
-def test_environ_basics(app_server):
+def test_environ_basics(app_server, worker_class):
     r = app_server.get("/some/path?x=1&y=2", headers={"X-Test": "a", "User-Agent": "t/1"})
     assert r.status == 200
     e = r.json()
@@ -55,7 +58,7 @@ def test_environ_basics(app_server):
     assert e["HTTP_HOST"] == "127.0.0.1"
     assert e["wsgi.url_scheme"] == "http"
     assert e["wsgi.version"] == [1, 0]
-    assert e["wsgi.multithread"] is False
+    assert e["wsgi.multithread"] is (worker_class == "gthread")
     assert e["wsgi.multiprocess"] is True  # --workers 2
     assert e["wsgi.run_once"] is False
     assert e["wsgi.input_terminated"] is True
