@@ -288,9 +288,9 @@ def _free_port() -> int:
 def test_seed_command_line_serves_django(server, helpers):
     """The seed's command line, word for word (with ``ferrocorn``)."""
     port = _free_port()
-    args = ("--workers 5 --worker-class gthread --threads 8 --bind 127.0.0.1:{port} "
+    args = (f"--workers 5 --worker-class gthread --threads 8 --bind 127.0.0.1:{port} "
             "--timeout 30 --max-requests 1000 --max-requests-jitter 100 "
-            "--access-logfile - --error-logfile -").format(port=port).split()
+            "--access-logfile - --error-logfile -").split()
     srv = server(args, "config.wsgi:application", cwd=helpers.apps_dir / "djangoproject")
     assert srv.port == port
     assert len(srv.wait_workers(5)) == 5
