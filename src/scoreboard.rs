@@ -167,6 +167,21 @@ impl Slot {
             .store(connections as u64, Ordering::Relaxed);
     }
 
+    /// Open connections, as a gthread worker last published them.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Whether a live worker owns the slot and is taking connections (booted, not
+    /// stopping).
+    pub fn is_accepting(&self) -> bool {
+        self.pid.load(Ordering::Relaxed) != 0
+            && matches!(
+                SlotState::from_u8(self.state.load(Ordering::Acquire)),
+                SlotState::Idle | SlotState::Io | SlotState::Busy
+            )
+    }
+
     /// A request ended.
     pub fn end_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -218,6 +233,11 @@ impl Scoreboard {
         // SAFETY: `base` points to `capacity` contiguous, zero-initialised (hence
         // valid: all fields are atomics) `Slot`s that live as long as `self`.
         Some(unsafe { &*self.base.as_ptr().add(i) })
+    }
+
+    /// Every slot with its index (free ones included).
+    pub fn slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
+        (0..self.capacity).filter_map(move |i| self.slot(i).map(|s| (i, s)))
     }
 
     fn slot_or_err(&self, i: usize) -> PyResult<&Slot> {

@@ -35,7 +35,7 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::http::response::error_response;
 use crate::http::{Decoder, HeadParser, HttpError, Limits, RequestHead};
-use crate::net::{tcp_queued, Listener, Peer, Stream};
+use crate::net::{Listener, Peer, Stream};
 use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
 use crate::worker::sync::{drain_pipe, get, is_transient_accept_error, Options};
 use crate::worker::{Phase, PhaseCell};
@@ -178,6 +178,16 @@ impl Shared {
                 self.open.load(Ordering::Relaxed),
             );
         }
+    }
+
+    /// The open connections of the least loaded other worker that is accepting.
+    fn least_loaded_other(&self) -> Option<usize> {
+        self.board
+            .get()
+            .slots()
+            .filter(|(i, s)| *i != self.slot && s.is_accepting())
+            .map(|(_, s)| usize::try_from(s.connections()).unwrap_or(usize::MAX))
+            .min()
     }
 
     fn event(&self, ev: Event) {
@@ -778,8 +788,19 @@ async fn accept_loop(ctx: Arc<Ctx>, l: Arc<IoListener>, index: usize, conns: Arc
             },
             _ = stop.wait_for(|s| *s) => return,
         };
+        // Connections held, counted by their permits (a burst is accepted before the
+        // connection tasks run), less the one about to be accepted.
+        let cap = ctx.shared.cfg.worker_connections;
+        let delay = || {
+            let held = cap.saturating_sub(conns.available_permits());
+            accept_delay(
+                held.saturating_sub(1),
+                ctx.shared.least_loaded_other(),
+                ctx.shared.cfg.threads,
+            )
+        };
         let accepted = tokio::select! {
-            r = l.accept() => r,
+            r = l.accept(delay) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         match accepted {
@@ -804,8 +825,8 @@ async fn drain_backlog(ctx: &Arc<Ctx>, ls: &[Arc<IoListener>], conns: &Arc<Semap
             let Ok(permit) = conns.clone().try_acquire_owned() else {
                 return;
             };
-            match tokio::time::timeout(Duration::ZERO, l.accept()).await {
-                Ok(Ok((s, peer))) => {
+            match l.try_accept() {
+                Ok((s, peer)) => {
                     budget -= 1;
                     spawn_conn(ctx, s, peer, i, permit);
                 }
@@ -827,6 +848,9 @@ fn spawn_conn(
             .log("debug", format!("setting up a connection: {e}"));
         return;
     }
+    // Counted now rather than when the task first runs, so a burst shows at once.
+    ctx.shared.open.fetch_add(1, Ordering::Relaxed);
+    ctx.shared.publish();
     tokio::spawn(serve_conn(ctx.clone(), s, peer, listener, permit));
 }
 
@@ -836,6 +860,11 @@ struct Gauge<'a>(&'a Shared, &'a AtomicUsize, bool);
 impl<'a> Gauge<'a> {
     fn new(sh: &'a Shared, g: &'a AtomicUsize) -> Self {
         g.fetch_add(1, Ordering::Relaxed);
+        Gauge(sh, g, true)
+    }
+
+    /// Takes over a count already added.
+    fn adopt(sh: &'a Shared, g: &'a AtomicUsize) -> Self {
         Gauge(sh, g, true)
     }
 
@@ -863,8 +892,7 @@ async fn serve_conn(
     permit: OwnedSemaphorePermit,
 ) {
     let _permit = permit;
-    let _open = Gauge::new(&ctx.shared, &ctx.shared.open);
-    ctx.shared.publish();
+    let _open = Gauge::adopt(&ctx.shared, &ctx.shared.open);
     let mut buf: Vec<u8> = Vec::with_capacity(2048);
     let mut pos = 0usize;
     let mut first = true;
@@ -1175,40 +1203,102 @@ async fn close_gracefully(mut io: IoStream) {
     .await;
 }
 
-/// A listener registered with the I/O runtime.
+/// A listener registered with the I/O runtime. Readiness comes from the runtime; the
+/// accept itself is a plain non-blocking `accept(2)`, so the loop can wait between the
+/// two (see [`accept_delay`]).
 #[derive(Debug)]
-enum IoListener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
+struct IoListener(tokio::io::unix::AsyncFd<RawListener>);
+
+/// [`Listener`] as `AsyncFd` wants it.
+#[derive(Debug)]
+struct RawListener(Listener);
+
+impl AsRawFd for RawListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
 }
 
 impl IoListener {
     fn new(l: Listener) -> io::Result<IoListener> {
-        match l {
-            Listener::Tcp(l, _) => Ok(IoListener::Tcp(tokio::net::TcpListener::from_std(l)?)),
-            Listener::Unix(l) => Ok(IoListener::Unix(tokio::net::UnixListener::from_std(l)?)),
+        // SAFETY: the descriptor is the listener's own dup, owned by `RawListener`,
+        // which the `AsyncFd` owns for its whole life; `as_raw_fd` always returns it.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                RawListener(l),
+                tokio::io::Interest::READABLE,
+            )
+        };
+        Ok(IoListener(fd.map_err(io::Error::from)?))
+    }
+
+    /// Accepts a connection, first waiting `delay()` once the listener turns readable.
+    async fn accept(&self, delay: impl Fn() -> Duration) -> io::Result<(IoStream, Peer)> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            let d = delay();
+            if !d.is_zero() {
+                tokio::time::sleep(d).await;
+            }
+            match ready.try_io(|l| accept_now(&l.get_ref().0)) {
+                Ok(r) => return r,
+                // Another worker took it: wait for the next one.
+                Err(_would_block) => continue,
+            }
         }
     }
 
-    async fn accept(&self) -> io::Result<(IoStream, Peer)> {
-        match self {
-            IoListener::Tcp(l) => {
-                let (s, addr) = l.accept().await?;
-                Ok((IoStream::Tcp(s), Peer::Tcp(addr)))
-            }
-            IoListener::Unix(l) => {
-                let (s, _) = l.accept().await?;
-                Ok((IoStream::Unix(s), Peer::Unix))
-            }
-        }
+    /// Accepts a connection already queued, if any, without waiting.
+    fn try_accept(&self) -> io::Result<(IoStream, Peer)> {
+        accept_now(&self.0.get_ref().0)
     }
 
     fn queued(&self) -> Option<u32> {
-        match self {
-            IoListener::Tcp(l) => tcp_queued(l.as_fd()),
-            IoListener::Unix(_) => None,
+        self.0.get_ref().0.queued()
+    }
+}
+
+fn accept_now(l: &Listener) -> io::Result<(IoStream, Peer)> {
+    match l {
+        Listener::Tcp(l, _) => {
+            let (s, addr) = l.accept()?;
+            s.set_nonblocking(true)?;
+            Ok((
+                IoStream::Tcp(tokio::net::TcpStream::from_std(s)?),
+                Peer::Tcp(addr),
+            ))
+        }
+        Listener::Unix(l) => {
+            let (s, _) = l.accept()?;
+            s.set_nonblocking(true)?;
+            Ok((
+                IoStream::Unix(tokio::net::UnixStream::from_std(s)?),
+                Peer::Unix,
+            ))
         }
     }
+}
+
+/// Accept balancing. Every worker's loop is woken for each new connection (the
+/// listening sockets are shared), and without help the first one to run takes a whole
+/// burst: a load generator's or a proxy's pool of keep-alive connections then lands
+/// on one or two workers while the others idle. So a worker holding at least
+/// `threads` connections more than the least loaded other worker (`least_other`,
+/// from the scoreboard) waits a moment before accepting: half a millisecond per
+/// `threads` connections of difference, at most 5 ms. The less loaded worker, woken
+/// too, takes the connection first; if it does not, the loaded one still does. Alone,
+/// or about as loaded as the others, a worker accepts at once, so accepting is never
+/// throttled when there is nobody to hand the connection to.
+fn accept_delay(open: usize, least_other: Option<usize>, threads: usize) -> Duration {
+    let Some(other) = least_other else {
+        return Duration::ZERO;
+    };
+    let threads = threads.max(1);
+    if open < other.saturating_add(threads) {
+        return Duration::ZERO;
+    }
+    let steps = u32::try_from(((open - other) / threads).clamp(1, 10)).unwrap_or(10);
+    Duration::from_micros(500) * steps
 }
 
 /// A client connection while the I/O thread owns it.
@@ -1392,6 +1482,21 @@ mod tests {
 
         let mut dec = Decoder::new(BodyKind::Empty, &limits);
         assert_eq!(check_body(&mut dec, b"", &mut 0), BodyCheck::Complete);
+    }
+
+    #[test]
+    fn accept_delay_grows_with_load() {
+        // Alone: never wait (there is nobody to leave the connection to).
+        assert_eq!(accept_delay(10_000, None, 8), Duration::ZERO);
+        // About as loaded as the least loaded other worker: accept at once.
+        assert_eq!(accept_delay(0, Some(0), 8), Duration::ZERO);
+        assert_eq!(accept_delay(107, Some(100), 8), Duration::ZERO);
+        assert_eq!(accept_delay(3, Some(50), 8), Duration::ZERO);
+        // Ahead by `threads` or more: wait, longer the further ahead, at most 5 ms.
+        assert_eq!(accept_delay(8, Some(0), 8), Duration::from_micros(500));
+        assert_eq!(accept_delay(40, Some(0), 8), Duration::from_micros(2500));
+        assert_eq!(accept_delay(10_000, Some(3), 8), Duration::from_millis(5));
+        assert_eq!(accept_delay(3, Some(0), 0), Duration::from_micros(1500));
     }
 
     #[test]
