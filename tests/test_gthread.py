@@ -311,3 +311,19 @@ def test_seed_command_line_serves_django(server, helpers):
     with ThreadPoolExecutor(16) as ex:
         assert list(ex.map(fetch, range(64))) == [200] * 64
     srv.wait_for_access(r'"GET /admin/login/ HTTP/1.1" 200')
+
+
+@pytest.mark.ferrocorn_only
+def test_request_past_timeout_is_logged_not_killed(server):
+    """gthread's --timeout for a running request: logged once with method, path and
+    duration; the request finishes and the worker (and its other threads) live on."""
+    srv = server([*GTHREAD, "--threads", "2", "--workers", "1", "--timeout", "1"],
+                 "wsgiapps:app")
+    pid = srv.wait_workers(1)[0]
+    r = httpx.get(srv.url + "/sleep?s=2.5", timeout=30)
+    assert r.status_code == 200
+    assert r.json()["pid"] == pid
+    srv.wait_for_log(r"Slow request: GET /sleep has been running for \d+\.\d s on thread \d+, "
+                     r"past the 1 s timeout", timeout=5)
+    assert "WORKER TIMEOUT" not in srv.log()
+    assert srv.worker_pids() == [pid]
