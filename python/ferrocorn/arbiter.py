@@ -128,6 +128,9 @@ class Arbiter:
         gc.freeze()
 
     def start(self) -> None:
+        # gunicorn's Arbiter.setup assigns num_workers, which reports the change once
+        # (from None) before on_starting; hooks that track the pool rely on it.
+        self.cfg.nworkers_changed(self, self.num_workers, None)
         self.log.info("Starting ferrocorn %s", __version__)
         if self.master_pid:
             self.proc_name += ".2"
