@@ -26,7 +26,7 @@ from ferrocorn.config import ConfigError, load_config
 from ferrocorn.glogging import Logger
 from ferrocorn.pidfile import Pidfile, PidfileError
 from ferrocorn.sock import BindError, Listener, create_listeners
-from ferrocorn.worker import APP_LOAD_ERROR, WORKER_BOOT_ERROR, Worker, boot
+from ferrocorn.worker import APP_LOAD_ERROR, SIG_ANSWER_HUNG, WORKER_BOOT_ERROR, Worker, boot
 from ferrocorn.worker import SIG_DUMP_STACKS as WORKER_SIG_DUMP_STACKS
 
 # Canonical names only: iterating the enum skips aliases such as SIGCLD for SIGCHLD.
@@ -53,6 +53,12 @@ def rss_mib(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+# Seconds between SIGABRT and SIGKILL for a timed-out worker: time for its Python
+# handler (or, when stuck in C, its watchdog thread) to answer the client. The loop can
+# wake early on other signals, so "next pass" alone could be milliseconds.
+ABORT_GRACE = 1.0
 
 
 class HaltServer(Exception):
@@ -423,9 +429,11 @@ class Arbiter:
                         snap["request_age"] or 0.0,
                     )
                 worker.aborted = True
+                worker.aborted_at = time.monotonic()
                 self.kill_worker(pid, SIG_DUMP_STACKS)
+                self.kill_worker(pid, SIG_ANSWER_HUNG)
                 self.kill_worker(pid, signal.SIGABRT)
-            else:
+            elif time.monotonic() - worker.aborted_at >= ABORT_GRACE:
                 self.kill_worker(pid, signal.SIGKILL)
 
     def recycle_fat_workers(self) -> None:

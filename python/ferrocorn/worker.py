@@ -26,6 +26,10 @@ from ferrocorn.sock import Listener
 
 # See arbiter.SIG_DUMP_STACKS (defined here to avoid an import cycle).
 SIG_DUMP_STACKS = signal.SIGRTMIN + 1
+# The master's request for a last-resort 500 on a request hung past --timeout; the
+# sync worker's Rust watchdog handles it (src/worker/watchdog.rs). Ignored until then,
+# since a real-time signal's default action would end the process.
+SIG_ANSWER_HUNG = signal.SIGRTMIN + 2
 
 # Exit codes that make the master halt instead of respawning (gunicorn's values).
 WORKER_BOOT_ERROR = 3
@@ -117,6 +121,7 @@ class Worker:
         self.timeout = cfg.timeout
         self.booted = False
         self.aborted = False
+        self.aborted_at = 0.0
         self.recycling = False  # the master asked it to stop over --max-worker-memory
         self.alive = True
         self.pid: int = 0
@@ -184,6 +189,7 @@ class Worker:
         # Stacks of every thread on the master's request, from C: works while the
         # worker is stuck in C code with the GIL released (see arbiter.SIG_DUMP_STACKS).
         faulthandler.register(SIG_DUMP_STACKS, file=self.log.error_stream(), all_threads=True)
+        signal.signal(SIG_ANSWER_HUNG, signal.SIG_IGN)
 
     def load_wsgi(self) -> Any:
         try:
@@ -250,6 +256,11 @@ class Worker:
         }
 
     def run(self) -> None:
+        if self.cfg.worker_class_str == "asgi":
+            from ferrocorn import asgi  # the event loop and the ASGI protocol
+
+            asgi.run(self)
+            return
         listeners = [(s.fileno(), s.is_unix) for s in self.sockets]
         options = self.options()
         core_class = _ferrocorn.SyncWorker
