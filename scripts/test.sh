@@ -23,5 +23,13 @@ step "Python: lint"
 ruff check python tests benches
 ruff format --check python
 
+step "nginx (tests/test_nginx.py puts it in front of ferrocorn)"
+if ! command -v nginx >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq nginx-light >/dev/null 2>&1 || apt-get install -y -qq nginx >/dev/null
+fi
+nginx -v
+
 step "Black-box tests against the real ferrocorn process"
 python3 -m pytest tests -p no:cacheprovider "$@"
