@@ -37,7 +37,7 @@ use crate::http::response::error_response;
 use crate::http::{Decoder, HeadParser, HttpError, Limits, RequestHead};
 use crate::net::{Listener, Peer, Stream};
 use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
-use crate::worker::sync::{drain_pipe, get, is_transient_accept_error, Options};
+use crate::worker::sync::{drain_pipe, get, is_transient_accept_error, micros_since, Options};
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::{EnvironBuilder, ListenerInfo};
 use crate::wsgi::io::Conn;
@@ -318,7 +318,9 @@ impl GthreadWorker {
                 limits: opts.limits,
                 sendfile: opts.sendfile,
                 pending_exit: None,
+                last_status: 0,
                 force_close: Some(closing.clone()),
+                head_claim: None,
                 hooks: hooks_from(hooks)?,
             });
         }
@@ -394,6 +396,15 @@ impl GthreadWorker {
         } = lock(&self.setup)
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("GthreadWorker.run() called twice"))?;
+        if self.shared.cfg.keepalive.is_some() && self.shared.cfg.max_keepalived() == 0 {
+            // gunicorn's check_config warning, for the same setting.
+            self.log_at(
+                py,
+                "warning",
+                "No keepalived connections can be handled. \
+                 Check the number of worker connections and threads.",
+            );
+        }
         let infos: Arc<Vec<ListenerInfo>> =
             Arc::new(listeners.iter().map(|(_, i)| i.clone()).collect());
         // Each connection has at most one request queued or running, and connections
@@ -629,14 +640,16 @@ fn run_job(
         .get(listener)
         .cloned()
         .unwrap_or(ListenerInfo { server: None });
+    let started = Instant::now();
     let outcome = handler.handle(py, &conn, &head, &peer, &info, keep_alive);
+    let micros = micros_since(started);
     // Take the socket back even if the app kept a reference to wsgi.input.
     let conn = lock(&conn).take();
     if let Some(cell) = shared.inflight.get(index) {
         *lock(cell) = None;
     }
     if let Some(slot) = shared.slot() {
-        slot.add_request();
+        slot.add_request(micros, handler.last_status);
     }
     if let Some(e) = handler.take_exit() {
         // SystemExit raised by the app itself: the worker leaves, as with sync.
