@@ -8,6 +8,9 @@ import time
 
 import pytest
 
+# Issue 4: the same behaviour from both worker classes (see conftest.py).
+pytestmark = pytest.mark.usefixtures("worker_class")
+
 ALL_ATOMS = ("h=%(h)s|l=%(l)s|u=%(u)s|t=%(t)s|r=%(r)s|m=%(m)s|U=%(U)s|q=%(q)s|H=%(H)s|"
              "s=%(s)s|B=%(B)s|b=%(b)s|f=%(f)s|a=%(a)s|T=%(T)s|D=%(D)s|M=%(M)s|L=%(L)s|"
              "p=%(p)s|hi=%({x-in}i)s|hu=%({X-IN}i)s|ho=%({x-out}o)s|e=%({raw_uri}e)s|"

@@ -11,6 +11,9 @@ from collections import Counter
 
 import pytest
 
+# Issue 4: the same behaviour from both worker classes (see conftest.py).
+pytestmark = pytest.mark.usefixtures("worker_class")
+
 
 @pytest.fixture
 def short_tmp():
