@@ -65,6 +65,47 @@ impl SlotState {
 /// Bytes of request text (method, space, path) kept per slot.
 const TEXT_WORDS: usize = 16;
 
+/// Latency histogram buckets per slot. Bucket 0 counts requests under 16 µs; bucket
+/// `i` (1 ≤ i < BUCKETS − 1) those of `[2^(i+3), 2^(i+4))` µs; the last one everything
+/// from 2^(BUCKETS+2) µs (67 s) up. Recording one is a shift and an atomic add.
+pub const BUCKETS: usize = 24;
+
+/// The histogram bucket of a duration in microseconds.
+pub fn bucket_index(micros: u64) -> usize {
+    let bits = (64 - micros.leading_zeros()) as usize;
+    bits.saturating_sub(4).min(BUCKETS - 1)
+}
+
+/// The exclusive upper bound of bucket `i` in microseconds (`None` for the last,
+/// unbounded one).
+pub fn bucket_upper_us(i: usize) -> Option<u64> {
+    (i < BUCKETS - 1).then(|| 1u64 << (i + 4))
+}
+
+/// The `q` quantile (0 < q ≤ 1) of a histogram, in seconds, interpolated linearly
+/// inside its bucket as Prometheus' `histogram_quantile` does. `None` when empty. A
+/// quantile in the unbounded last bucket is reported as that bucket's lower bound.
+pub fn quantile(counts: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+    let mut below = 0u64;
+    for (i, &c) in counts.iter().enumerate() {
+        if c > 0 && (below + c) as f64 >= rank {
+            let lower = if i == 0 { 0 } else { 1u64 << (i + 3) };
+            let Some(upper) = bucket_upper_us(i) else {
+                return Some(lower as f64 / 1e6);
+            };
+            let frac = (rank - below as f64) / c as f64;
+            return Some((lower as f64 + frac * (upper - lower) as f64) / 1e6);
+        }
+        below += c;
+    }
+    None
+}
+
 /// One worker's slot. Every field is an atomic, so a zero-filled page is a valid,
 /// free slot.
 #[repr(C)]
@@ -92,6 +133,12 @@ pub struct Slot {
     busy_threads: AtomicU64,
     /// gthread: open client connections (including idle keep-alive ones).
     connections: AtomicU64,
+    /// Request durations (see [`bucket_index`]).
+    latency: [AtomicU64; BUCKETS],
+    /// Responses with a 5xx status.
+    errors_5xx: AtomicU64,
+    /// Total time spent in requests, in microseconds (summed over threads).
+    busy_us: AtomicU64,
 }
 
 /// CLOCK_MONOTONIC in milliseconds.
@@ -152,9 +199,20 @@ impl Slot {
         self.request_start_ms.store(started_ms, Ordering::Relaxed);
     }
 
-    /// Counts one served request (any thread may call it).
-    pub fn add_request(&self) {
+    /// Counts one served request that took `micros` and answered `status` (0: no
+    /// response); any thread may call it.
+    pub fn add_request(&self, micros: u64, status: u16) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.latency[bucket_index(micros)].fetch_add(1, Ordering::Relaxed);
+        self.busy_us.fetch_add(micros, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The latency histogram's counts.
+    pub fn latency_counts(&self) -> [u64; BUCKETS] {
+        std::array::from_fn(|i| self.latency[i].load(Ordering::Relaxed))
     }
 
     /// Publishes the gthread gauges: queued requests, busy threads, open connections.
@@ -182,9 +240,9 @@ impl Slot {
             )
     }
 
-    /// A request ended.
-    pub fn end_request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+    /// A request ended after `micros` with `status` (see [`Slot::add_request`]).
+    pub fn end_request(&self, micros: u64, status: u16) {
+        self.add_request(micros, status);
         self.set_state(SlotState::Idle);
     }
 
@@ -294,6 +352,11 @@ impl Scoreboard {
         s.request_start_ms.store(0, Ordering::Relaxed);
         s.max_requests.store(max_requests, Ordering::Relaxed);
         s.set_gauges(0, 0, 0);
+        for b in &s.latency {
+            b.store(0, Ordering::Relaxed);
+        }
+        s.errors_5xx.store(0, Ordering::Relaxed);
+        s.busy_us.store(0, Ordering::Relaxed);
         s.begin_request("", "");
         s.set_state(SlotState::Booting);
         Ok(())
@@ -343,7 +406,30 @@ impl Scoreboard {
             busy.then(|| age(s.request_start_ms.load(Ordering::Relaxed))),
         )?;
         d.set_item("request", busy.then(|| s.read_text()))?;
+        let counts = s.latency_counts();
+        d.set_item("latency_buckets", counts.to_vec())?;
+        d.set_item("p50", quantile(&counts, 0.5))?;
+        d.set_item("p99", quantile(&counts, 0.99))?;
+        d.set_item("errors_5xx", s.errors_5xx.load(Ordering::Relaxed))?;
+        d.set_item(
+            "busy_seconds",
+            s.busy_us.load(Ordering::Relaxed) as f64 / 1e6,
+        )?;
         Ok(d)
+    }
+
+    /// The latency buckets' upper bounds in seconds (the last one is `inf`).
+    #[staticmethod]
+    fn bucket_bounds() -> Vec<f64> {
+        (0..BUCKETS)
+            .map(|i| bucket_upper_us(i).map_or(f64::INFINITY, |u| u as f64 / 1e6))
+            .collect()
+    }
+
+    /// The `q` quantile, in seconds, of a histogram given as bucket counts.
+    #[staticmethod]
+    fn quantile_of(counts: Vec<u64>, q: f64) -> Option<f64> {
+        quantile(&counts, q)
     }
 }
 
@@ -377,8 +463,11 @@ mod tests {
             SlotState::from_u8(s.state.load(Ordering::Relaxed)),
             SlotState::Busy
         );
-        s.end_request();
+        s.end_request(1500, 503);
         assert_eq!(s.requests.load(Ordering::Relaxed), 1);
+        assert_eq!(s.errors_5xx.load(Ordering::Relaxed), 1);
+        assert_eq!(s.busy_us.load(Ordering::Relaxed), 1500);
+        assert_eq!(s.latency_counts()[bucket_index(1500)], 1);
         s.set_request_text("POST /upload", 7);
         assert_eq!(s.read_text(), "POST /upload");
         assert_eq!(
@@ -388,5 +477,49 @@ mod tests {
         s.set_gauges(3, 2, 40);
         assert_eq!(s.queue_depth.load(Ordering::Relaxed), 3);
         assert!(board.slot(4).is_none());
+    }
+
+    #[test]
+    fn buckets_are_powers_of_two() {
+        assert_eq!(bucket_index(0), 0);
+        assert_eq!(bucket_index(15), 0);
+        assert_eq!(bucket_index(16), 1);
+        assert_eq!(bucket_index(31), 1);
+        assert_eq!(bucket_index(32), 2);
+        assert_eq!(bucket_index(u64::MAX), BUCKETS - 1);
+        for us in [1u64, 20, 1000, 999_999, 5_000_000] {
+            let i = bucket_index(us);
+            assert!(bucket_upper_us(i).is_none_or(|u| us < u));
+            assert!(i == 0 || us >= 1u64 << (i + 3));
+        }
+        assert_eq!(bucket_upper_us(0), Some(16));
+        assert_eq!(bucket_upper_us(BUCKETS - 1), None);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let mut counts = [0u64; BUCKETS];
+        assert_eq!(quantile(&counts, 0.5), None);
+        // 100 requests of ~1 ms (bucket [512, 1024) µs), one of ~3 s.
+        counts[bucket_index(700)] = 100;
+        counts[bucket_index(3_000_000)] = 1;
+        let p50 = quantile(&counts, 0.5).unwrap_or(0.0);
+        assert!((0.000_512..0.001_024).contains(&p50), "{p50}");
+        let p99 = quantile(&counts, 0.99).unwrap_or(0.0);
+        assert!(p99 < 0.001_024, "{p99}");
+        let p100 = quantile(&counts, 1.0).unwrap_or(0.0);
+        assert!((2.097_152..=4.194_304).contains(&p100), "{p100}");
+        // Everything past the last bound: its lower bound.
+        let mut huge = [0u64; BUCKETS];
+        huge[BUCKETS - 1] = 3;
+        assert_eq!(
+            quantile(&huge, 0.5),
+            Some((1u64 << (BUCKETS + 2)) as f64 / 1e6)
+        );
+        // One request: p50 and p99 fall in its bucket.
+        let mut one = [0u64; BUCKETS];
+        one[bucket_index(100)] = 1;
+        let q = quantile(&one, 0.5).unwrap_or(0.0);
+        assert!((0.000_064..=0.000_128).contains(&q), "{q}");
     }
 }

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
@@ -174,6 +174,7 @@ impl SyncWorker {
             limits: opts.limits,
             sendfile: opts.sendfile,
             pending_exit: None,
+            last_status: 0,
             force_close: None,
             hooks,
         };
@@ -402,9 +403,10 @@ impl SyncWorker {
         if let Some(slot) = run.slot() {
             slot.begin_request(&head.method, head.split_target().0);
         }
+        let started = Instant::now();
         let outcome = run.handler.handle(py, &conn, &head, &peer, &info, false);
         if let Some(slot) = run.slot() {
-            slot.end_request();
+            slot.end_request(micros_since(started), run.handler.last_status);
         }
         let clean = matches!(outcome, Outcome::KeepAlive | Outcome::Close { clean: true });
         close(py, &conn, clean);
@@ -415,6 +417,11 @@ impl SyncWorker {
             None => Ok(()),
         }
     }
+}
+
+/// Microseconds elapsed since `t` (for the scoreboard's latency histogram).
+pub fn micros_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// How reading a request head ended.

@@ -112,6 +112,9 @@ pub struct Handler {
     /// Set by a worker that starts stopping while requests run (gthread): responses
     /// whose head has not gone out yet then say `Connection: close`.
     pub force_close: Option<Arc<AtomicBool>>,
+    /// The status of the last request handled (0 when it got no response), for the
+    /// scoreboard's counters.
+    pub last_status: u16,
 }
 
 impl Handler {
@@ -173,6 +176,8 @@ impl Handler {
         keep_alive: bool,
     ) -> Outcome {
         let started = Instant::now();
+        // Until a status is known: the early exits below answer 500 or nothing.
+        self.last_status = 500;
         if head.expect_continue && head.version == Version::Http11 {
             // gunicorn writes the interim response eagerly, before the app runs
             // (measured on 27.0.1); clients that wait for it then send the body.
@@ -182,6 +187,7 @@ impl Handler {
                     .unwrap_or(false)
             });
             if !sent {
+                self.last_status = 0;
                 return Outcome::Close { clean: false };
             }
         }
@@ -234,6 +240,7 @@ impl Handler {
         {
             Ok(env) => env,
             Err(EnvironError::Http(e)) => {
+                self.last_status = e.status();
                 self.reject(py, conn, peer, &e);
                 return Outcome::Close { clean: false };
             }
@@ -285,6 +292,7 @@ impl Handler {
             ),
             Err(_) => (500, false, None, Vec::new()),
         };
+        self.last_status = status;
         if let (Some(h), Some(req)) = (&self.hooks, &hook_req) {
             if let Some(post) = &h.post {
                 let status_text = lock_response(&resp)
