@@ -7,6 +7,7 @@
 
 pub mod gthread;
 pub mod sync;
+pub mod watchdog;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

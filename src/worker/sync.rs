@@ -8,7 +8,7 @@
 //! it expects a buffering proxy in front).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use crate::http::{parse_head, HttpError, Limits};
 use crate::log::AccessLog;
 use crate::net::{Listener, Peer, Stream};
 use crate::scoreboard::{Scoreboard, Slot, SlotState};
+use crate::worker::watchdog::{self, InFlight};
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::{EnvironBuilder, EnvironConfig, ListenerInfo, Trust};
 use crate::wsgi::io::Conn;
@@ -104,6 +105,8 @@ struct Running {
     max_requests: u64,
     /// The master's pid; a different parent means the master died.
     ppid: i32,
+    /// The request in flight, shared with the timeout watchdog thread.
+    inflight: Arc<InFlight>,
     /// This worker's scoreboard slot.
     board: Py<Scoreboard>,
     slot: usize,
@@ -176,6 +179,7 @@ impl SyncWorker {
             pending_exit: None,
             last_status: 0,
             force_close: None,
+            head_claim: None,
             hooks,
         };
         Ok(SyncWorker {
@@ -190,6 +194,7 @@ impl SyncWorker {
                 ppid: get(options, "ppid")?,
                 board,
                 slot,
+                inflight: Arc::new(InFlight::default()),
             }),
             log,
         })
@@ -213,6 +218,10 @@ impl SyncWorker {
             .running
             .lock()
             .map_err(|_| PyRuntimeError::new_err("worker state poisoned"))?;
+        // After fork, so the thread exists only in this worker.
+        if let Err(e) = watchdog::start(run.inflight.clone()) {
+            self.log_error(py, &format!("timeout watchdog unavailable: {e}"));
+        }
         loop {
             match self.phase.get() {
                 Phase::Serving => {}
@@ -404,7 +413,12 @@ impl SyncWorker {
             slot.begin_request(&head.method, head.split_target().0);
         }
         let started = Instant::now();
+        let fd = crate::wsgi::io::lock(&conn)?.stream.as_raw_fd();
+        run.handler.head_claim = Some(run.inflight.begin(fd));
         let outcome = run.handler.handle(py, &conn, &head, &peer, &info, false);
+        // Before the socket can close: the watchdog must never see a reused fd.
+        run.inflight.end();
+        run.handler.head_claim = None;
         if let Some(slot) = run.slot() {
             slot.end_request(micros_since(started), run.handler.last_status);
         }

@@ -159,7 +159,10 @@ mod tests {
         assert!(!inflight.answer(g));
         let _flag2 = inflight.begin(server.as_raw_fd());
         let g2 = inflight.snapshot().unwrap();
-        assert!(!inflight.answer(g), "a newer request must not be answered for an old one");
+        assert!(
+            !inflight.answer(g),
+            "a newer request must not be answered for an old one"
+        );
         inflight.end();
         assert!(!inflight.answer(g2));
     }

@@ -112,12 +112,24 @@ pub struct Handler {
     /// Set by a worker that starts stopping while requests run (gthread): responses
     /// whose head has not gone out yet then say `Connection: close`.
     pub force_close: Option<Arc<AtomicBool>>,
+    /// Set by the sync worker per request: the claim on answering it, shared with the
+    /// timeout watchdog (see `worker::watchdog`).
+    pub head_claim: Option<Arc<AtomicBool>>,
     /// The status of the last request handled (0 when it got no response), for the
     /// scoreboard's counters.
     pub last_status: u16,
 }
 
 impl Handler {
+    /// Claims the right to write an answer outside the response writer (error
+    /// pages); false when the timeout watchdog already answered.
+    fn claim_answer(&self) -> bool {
+        !self
+            .head_claim
+            .as_ref()
+            .is_some_and(|c| c.swap(true, std::sync::atomic::Ordering::AcqRel))
+    }
+
     /// Takes the exit request left by the last request, if any.
     pub fn take_exit(&mut self) -> Option<PyErr> {
         self.pending_exit.take()
@@ -208,6 +220,7 @@ impl Handler {
         let mut response =
             Response::new(conn, head.version, is_head, keep_alive && head.keep_alive);
         response.force_close = self.force_close.clone();
+        response.head_claim = self.head_claim.clone();
         let resp: SharedResponse = Arc::new(Mutex::new(response));
 
         let hook_req = match &self.hooks {
@@ -386,9 +399,13 @@ impl Handler {
         input: &Bound<'_, Input>,
         err: &PyErr,
     ) -> u16 {
-        let sent = lock_response(resp)
+        let mut sent = lock_response(resp)
             .map(|r| r.headers_sent())
             .unwrap_or(true);
+        if !sent && !self.claim_answer() {
+            // The timeout watchdog answered already; only log.
+            sent = true;
+        }
         let body_error = input
             .borrow()
             .state

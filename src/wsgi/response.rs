@@ -81,6 +81,9 @@ pub struct Response {
     /// When set by the time the head goes out, the connection closes after this
     /// response (a gthread worker began stopping while the app ran).
     pub force_close: Option<Arc<AtomicBool>>,
+    /// Claimed when the head is written; the sync worker's timeout watchdog claims it
+    /// too, so exactly one of them answers (`worker::watchdog`).
+    pub head_claim: Option<Arc<AtomicBool>>,
 }
 
 /// A response shared between the Python objects and the worker.
@@ -118,6 +121,7 @@ impl Response {
             content_length: None,
             bytes_sent: 0,
             force_close: None,
+            head_claim: None,
         }
     }
 
@@ -276,6 +280,15 @@ impl Response {
                 ))
             }
             Phase::Ready => {
+                if self
+                    .head_claim
+                    .as_ref()
+                    .is_some_and(|c| c.swap(true, Ordering::AcqRel))
+                {
+                    return Err(PyOSError::new_err(
+                        "the timeout watchdog already answered this request",
+                    ));
+                }
                 let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
                 let (h, framing) = self.build_head(is_final.then_some(total));
                 head = h;
@@ -372,6 +385,15 @@ impl Response {
     /// so the caller can wrap the file bytes in a chunk if needed.
     pub fn send_head_for_file(&mut self, py: Python<'_>, count: u64) -> PyResult<Framing> {
         if self.phase == Phase::Ready {
+            if self
+                .head_claim
+                .as_ref()
+                .is_some_and(|c| c.swap(true, Ordering::AcqRel))
+            {
+                return Err(PyOSError::new_err(
+                    "the timeout watchdog already answered this request",
+                ));
+            }
             let (head, framing) = self.build_head(Some(count));
             self.phase = Phase::Sent(framing);
             let conn = upgrade(&self.conn)?;
