@@ -15,6 +15,10 @@ def _fail(msg: str, code: int = 1) -> int:
 
 def run(argv: list[str]) -> int:
     """Parse the configuration, then serve; returns the process exit code."""
+    if argv[:1] in (["stats"], ["top"]):
+        from ferrocorn.stats import cli
+
+        return cli(argv)
     try:
         cfg, app_uri = load_config(argv, os.environ)
     except ConfigError as e:

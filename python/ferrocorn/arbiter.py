@@ -19,7 +19,7 @@ import time
 from types import FrameType
 from typing import Any, ClassVar
 
-from ferrocorn import _ferrocorn, daemon, proctitle, systemd, upgrade
+from ferrocorn import _ferrocorn, daemon, proctitle, stats, systemd, upgrade
 from ferrocorn._version import __version__
 from ferrocorn.app import import_app
 from ferrocorn.config import ConfigError, load_config
@@ -118,6 +118,7 @@ class Arbiter:
         # growth well past the configured count.
         self.board = _ferrocorn.Scoreboard(max(SCOREBOARD_MIN_SLOTS, 4 * self.num_workers))
         self.free_slots = list(range(self.board.capacity - 1, -1, -1))
+        self.stats: stats.StatsProcess | None = None  # --stats-bind (stats.py)
 
     # Hook-facing aliases (gunicorn hooks read these).
     @property
@@ -153,6 +154,8 @@ class Arbiter:
         self.listeners = create_listeners(self.cfg, self.log, self.inherited_fds())
         urls = ",".join(lst.url() for lst in self.listeners)
         self.log.info("Listening at: %s (%s)", urls, self.pid)
+        if self.cfg.stats_bind:
+            self.stats = stats.StatsProcess(self, self.cfg.stats_bind)
         self.log.info("Using worker: %s", self.cfg.worker_class_str)
         for note in getattr(self.cfg, "notes", []):
             self.log.info("%s", note)
@@ -254,6 +257,8 @@ class Arbiter:
         self.log.info("Hang up: Master")
         systemd.sd_notify(systemd.reloading_message(), self.log)
         self.reload_config()
+        if self.stats is not None:
+            self.stats.stop()  # respawned with the new configuration
         self.cfg.on_reload(self)
         old = list(self.workers)
         self.ready_after_age = self.worker_age
@@ -399,6 +404,8 @@ class Arbiter:
             oldest = sorted(self.workers.items(), key=lambda kv: kv[1].age)[:excess]
             for pid, _ in oldest:
                 self.kill_worker(pid, signal.SIGTERM)
+        if self.stats is not None:
+            self.stats.ensure_running()
 
     def worker_max_requests(self) -> int:
         limit = int(self.cfg.max_requests)
@@ -491,6 +498,8 @@ class Arbiter:
             signal.set_wakeup_fd(-1)
             os.close(self._pipe_r)
             os.close(self._pipe_w)
+            if self.stats is not None:
+                self.stats.close_in_child()
             worker.pid = os.getpid()
             self.board.set_pid(worker.slot, worker.pid)
             proctitle.set_title(f"worker [{self.proc_name}]")
@@ -531,6 +540,8 @@ class Arbiter:
                 return
             worker = self.workers.pop(wpid, None)
             if worker is None:
+                if self.stats is not None and self.stats.reaped(wpid, status):
+                    continue
                 if wpid == self.reexec_pid:  # the USR2 master exited: allow another
                     self.reexec_pid = 0
                     code = os.waitstatus_to_exitcode(status)
@@ -571,6 +582,8 @@ class Arbiter:
         to this master's sockets once the workers are gone."""
         # A unix socket path stays when a USR2 master shares it or systemd owns it.
         unlink = self.reexec_pid == 0 and self.master_pid == 0 and not self.systemd
+        if self.stats is not None:
+            self.stats.close()
         for lst in self.listeners:
             lst.close(unlink)
         self.listeners = []

@@ -1081,8 +1081,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "stats_bind", FERROCORN, ("--stats-bind",), None, validate_optional_address,
-        "Address of an HTTP endpoint serving server statistics.", meta="ADDRESS",
-        status=NOT_YET, ferrocorn_only=True,
+        "HOST:PORT of an HTTP endpoint serving /metrics (Prometheus), /stats (JSON), "
+        "/healthz and /readyz, from a separate stats process.", meta="ADDRESS",
+        ferrocorn_only=True,
+        doc="See docs/metrics.md for the metric names and labels. "
+        "`ferrocorn stats --json --stats-url URL` prints one snapshot.",
     ),
 )
 # fmt: on

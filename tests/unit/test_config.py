@@ -57,7 +57,7 @@ def test_status_of_key_settings():
     by_name = settings.SETTINGS_BY_NAME
     for name in ("bind", "workers", "timeout", "on_starting", "post_request", "max_worker_memory"):
         assert by_name[name].status == "supported"
-    for name in ("certfile", "ssl_context", "syslog", "stats_bind", "control_socket", "spew"):
+    for name in ("certfile", "ssl_context", "syslog", "control_socket", "spew"):
         assert by_name[name].status == "not_yet"
     for name in ("daemon", "reload", "user", "group", "initgroups", "reuse_port", "proc_name"):
         assert by_name[name].status == "supported"
