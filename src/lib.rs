@@ -26,6 +26,8 @@ fn _ferrocorn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<worker::sync::SyncWorker>()?;
     m.add_class::<worker::gthread::GthreadWorker>()?;
+    m.add_class::<worker::asgi::AsgiWorker>()?;
+    m.add_class::<worker::asgi::Conn>()?;
     m.add_class::<scoreboard::Scoreboard>()?;
     m.add_class::<wsgi::file_wrapper::FileWrapper>()?;
     m.add_class::<wsgi::input::Input>()?;

@@ -43,10 +43,10 @@ def run(argv: list[str]) -> int:
         return 0
 
     worker_class = cfg.worker_class_str
-    if worker_class not in ("sync", "gthread"):
+    if worker_class not in ("sync", "gthread", "asgi"):
         return _fail(
             f"worker class {worker_class!r} is not supported by ferrocorn yet; "
-            "use -k sync (the default) or -k gthread for now"
+            "use -k sync (the default), -k gthread or -k asgi for now"
         )
 
     from ferrocorn.arbiter import Arbiter

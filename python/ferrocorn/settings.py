@@ -654,12 +654,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "asgi_loop", WORKERS, ("--asgi-loop",), "auto", choice("auto", "asyncio", "uvloop"),
-        "Event loop for gunicorn's asgi worker: auto, asyncio or uvloop.",
-        meta="STRING", status=NOT_YET,
+        "Event loop for the asgi worker: auto (uvloop when installed), asyncio or uvloop.",
+        meta="STRING",
     ),
     Setting(
         "asgi_lifespan", WORKERS, ("--asgi-lifespan",), "auto", choice("auto", "on", "off"),
-        "ASGI lifespan protocol: auto, on or off.", meta="STRING", status=NOT_YET,
+        "ASGI lifespan protocol: auto, on or off.", meta="STRING",
     ),
     Setting(
         "asgi_disconnect_grace_period", WORKERS, ("--asgi-disconnect-grace-period",), 3,

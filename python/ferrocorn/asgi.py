@@ -1,0 +1,364 @@
+"""The asgi worker's event-loop side (``-k asgi``, ``uvicorn.workers.UvicornWorker``).
+
+The Rust core (``_ferrocorn.AsgiWorker``, ``src/worker/asgi.rs``) owns the sockets on
+its own I/O thread: it accepts, parses, builds each request's scope and writes the
+response bytes. This module runs on the worker's main thread: the asyncio event loop
+(uvloop when installed and allowed), the lifespan protocol, and one task per request
+with the app's ``receive``/``send`` callables. The loop learns about new requests, body
+pieces, disconnects and drained write buffers from a single descriptor it watches with
+``add_reader``: one wake-up per batch of events, no per-message thread hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from typing import Any
+
+from ferrocorn import _ferrocorn
+
+DISCONNECT = {"type": "http.disconnect"}
+PATHSEND_PIECE = 256 * 1024
+
+
+def is_asgi3(app: Any) -> bool:
+    """uvicorn's test: a coroutine function (or object with one as ``__call__``) is an
+    ASGI 3 app; anything else is an ASGI 2 double callable."""
+    if inspect.isclass(app):
+        return hasattr(app, "__await__")
+    if inspect.isfunction(app):
+        return inspect.iscoroutinefunction(app)
+    call = getattr(app, "__call__", None)  # noqa: B004
+    return inspect.iscoroutinefunction(call)
+
+
+def as_asgi3(app: Any) -> tuple[Any, str]:
+    """The app as an ASGI 3 callable, and the ``asgi.version`` its scopes carry."""
+    if is_asgi3(app):
+        return app, "3.0"
+
+    async def asgi2(scope: dict, receive: Any, send: Any) -> Any:
+        instance = app(scope)
+        return await instance(receive, send)
+
+    return asgi2, "2.0"
+
+
+def choose_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name in ("auto", "uvloop"):
+        try:
+            import uvloop  # type: ignore[import-not-found]
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            if name == "uvloop":
+                raise
+    return asyncio.new_event_loop()
+
+
+class Cycle:
+    """One HTTP request: the app's ``receive`` and ``send``."""
+
+    __slots__ = ("body", "conn", "disconnected", "drain", "more_body", "scope", "waiter")
+
+    def __init__(self, conn: Any, scope: dict, body: bytes, more_body: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        # The first piece, delivered by the first receive(); with Expect: 100-continue
+        # nothing was read yet and the first receive() asks for it (sending 100).
+        self.body: bytes | None = body if (body or not more_body) else None
+        self.more_body = more_body
+        self.waiter: asyncio.Future[dict] | None = None
+        self.drain: asyncio.Future[None] | None = None
+        self.disconnected = False
+
+    async def receive(self) -> dict:
+        if self.body is not None:
+            body, self.body = self.body, None
+            return {"type": "http.request", "body": body, "more_body": self.more_body}
+        if self.disconnected or self.conn.complete:
+            return DISCONNECT
+        if self.more_body:
+            self.conn.read_body()
+        fut = self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            return await fut
+        finally:
+            self.waiter = None
+
+    def wake(self, message: dict) -> None:
+        fut = self.waiter
+        if fut is not None and not fut.done():
+            fut.set_result(message)
+
+    def on_body(self, data: bytes, more: bool) -> None:
+        self.more_body = more
+        self.wake({"type": "http.request", "body": data, "more_body": more})
+
+    def on_disconnect(self) -> None:
+        self.disconnected = True
+        self.wake(DISCONNECT)
+        self.on_drained()
+
+    def on_drained(self) -> None:
+        fut = self.drain
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _body(self, body: Any, more: bool) -> None:
+        if not isinstance(body, bytes):
+            body = bytes(body)
+        if not self.conn.body(body, more) and not self.conn.closed:
+            self.drain = asyncio.get_running_loop().create_future()
+            try:
+                await self.drain
+            finally:
+                self.drain = None
+        if not more:
+            self.wake(DISCONNECT)
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            await self._body(message.get("body", b""), bool(message.get("more_body", False)))
+        elif kind == "http.response.start":
+            self.conn.start(message["status"], message.get("headers", ()))
+        elif kind == "http.response.pathsend":
+            await self._pathsend(message["path"])
+        else:
+            raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, for an HTTP response.")
+
+    async def _pathsend(self, path: str) -> None:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            left = size
+            while True:
+                piece = f.read(min(PATHSEND_PIECE, max(left, 0)) or 1)
+                left -= len(piece)
+                more = bool(piece) and left > 0
+                await self._body(piece, more)
+                if not more:
+                    return
+
+
+class Lifespan:
+    """The lifespan protocol, as uvicorn's ``LifespanOn`` (modes auto, on)."""
+
+    def __init__(self, app: Any, version: str, mode: str, log: Any) -> None:
+        self.app = app
+        self.version = version
+        self.mode = mode
+        self.log = log
+        self.state: dict[str, Any] = {}
+        self.queue: asyncio.Queue[dict] = asyncio.Queue()
+        self.startup_event = asyncio.Event()
+        self.shutdown_event = asyncio.Event()
+        self.startup_failed = False
+        self.shutdown_failed = False
+        self.error_occurred = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> bool:
+        self.log.info("Waiting for application startup.")
+        self.task = asyncio.get_running_loop().create_task(self.main())
+        await self.queue.put({"type": "lifespan.startup"})
+        await self.startup_event.wait()
+        if self.startup_failed or (self.error_occurred and self.mode == "on"):
+            self.log.error("Application startup failed. Exiting.")
+            return False
+        if not self.error_occurred:
+            self.log.info("Application startup complete.")
+        return True
+
+    async def shutdown(self) -> None:
+        if self.error_occurred or self.task is None:
+            return
+        self.log.info("Waiting for application shutdown.")
+        await self.queue.put({"type": "lifespan.shutdown"})
+        await self.shutdown_event.wait()
+        if self.shutdown_failed or (self.error_occurred and self.mode == "on"):
+            self.log.error("Application shutdown failed. Exiting.")
+        else:
+            self.log.info("Application shutdown complete.")
+
+    async def main(self) -> None:
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": self.version, "spec_version": "2.0"},
+            "state": self.state,
+        }
+        try:
+            await self.app(scope, self.queue.get, self.send)
+        except BaseException as exc:
+            self.error_occurred = True
+            if self.startup_failed or self.shutdown_failed:
+                return
+            if self.mode == "auto":
+                self.log.info("ASGI 'lifespan' protocol appears unsupported.")
+            else:
+                self.log.error("Exception in 'lifespan' protocol\n", exc_info=exc)
+        finally:
+            self.startup_event.set()
+            self.shutdown_event.set()
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        if kind in ("lifespan.startup.complete", "lifespan.startup.failed"):
+            if self.startup_event.is_set():
+                raise RuntimeError(f"Unexpected ASGI message '{kind}' sent.")
+            self.startup_failed = kind.endswith("failed")
+            if self.startup_failed and message.get("message"):
+                self.log.error(message["message"])
+            self.startup_event.set()
+        elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            if not self.startup_event.is_set() or self.shutdown_event.is_set():
+                raise RuntimeError(f"Unexpected ASGI message '{kind}' sent.")
+            self.shutdown_failed = kind.endswith("failed")
+            if self.shutdown_failed and message.get("message"):
+                self.log.error(message["message"])
+            self.shutdown_event.set()
+        else:
+            raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, for lifespan.")
+
+
+class AsgiServer:
+    """Drives one asgi worker process: lifespan, events from Rust, request tasks."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.cfg = worker.cfg
+        self.log = worker.log
+        self.app, self.version = as_asgi3(worker.wsgi)
+        self.cycles: dict[int, Cycle] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.core: Any = None
+        self.done: asyncio.Future[None] | None = None
+
+    def run(self) -> None:
+        loop = choose_loop(str(self.cfg.asgi_loop))
+        asyncio.set_event_loop(loop)
+        try:
+            code = loop.run_until_complete(self.main())
+        finally:
+            asyncio.set_event_loop(None)
+        if code:
+            raise SystemExit(code)
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        w = self.worker
+        listeners = [(s.fileno(), s.is_unix) for s in w.sockets]
+        options = w.options()
+        options.update(
+            worker_connections=int(self.cfg.worker_connections),
+            keepalive=float(self.cfg.keepalive),
+            graceful_timeout=float(self.cfg.graceful_timeout),
+        )
+        asgi = {"version": self.version, "spec_version": "2.3"}
+        self.core = _ferrocorn.AsgiWorker(
+            listeners, options, self.log.error_log, w.board, w.slot, asgi
+        )
+        w._core = self.core
+        loop.add_reader(w._wake_r, self._drain_wakeups)
+        self._heartbeat()
+
+        lifespan = None
+        mode = str(self.cfg.asgi_lifespan)
+        if mode != "off":
+            lifespan = Lifespan(self.app, self.version, mode, self.log)
+            if not await lifespan.startup():
+                return 3  # WORKER_BOOT_ERROR: the master halts
+            self.core.set_state(lifespan.state)
+
+        self.done = loop.create_future()
+        loop.add_reader(self.core.fileno(), self._on_events)
+        if not w.alive:
+            self.core.stop()
+        self.core.start()
+        await self.done
+        loop.remove_reader(self.core.fileno())
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=1.0)
+        if lifespan is not None:
+            await lifespan.shutdown()
+        return 0
+
+    def _drain_wakeups(self) -> None:
+        # Python already ran the signal handlers; just empty the pipe.
+        try:
+            while os.read(self.worker._wake_r, 4096):
+                pass
+        except OSError:
+            pass
+
+    def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        core = self.core
+        if core is not None:
+            core.heartbeat()
+            if os.getppid() != self.worker.ppid and self.worker.alive:
+                self.log.info("Parent changed, shutting down: %s", os.getpid())
+                self.worker.alive = False
+                core.stop()
+        timeout = float(self.cfg.timeout)
+        every = min(1.0, max(0.1, timeout / 4)) if timeout > 0 else 1.0
+        loop.call_later(every, self._heartbeat)
+
+    def _on_events(self) -> None:
+        cycles = self.cycles
+        for ev in self.core.events():
+            kind = ev[0]
+            if kind == 0:
+                conn = ev[1]
+                cycle = Cycle(conn, ev[2], ev[3], ev[4])
+                cycles[conn.id] = cycle
+                task = asyncio.get_running_loop().create_task(self._run(cycle))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif kind == 1:
+                c = cycles.get(ev[1])
+                if c is not None:
+                    c.on_body(ev[2], ev[3])
+            elif kind == 2:
+                c = cycles.get(ev[1])
+                if c is not None:
+                    c.on_disconnect()
+            elif kind == 3:
+                c = cycles.get(ev[1])
+                if c is not None:
+                    c.on_drained()
+            elif kind == 4:
+                if self.done is not None and not self.done.done():
+                    self.done.set_result(None)
+
+    async def _run(self, cycle: Cycle) -> None:
+        conn = cycle.conn
+        try:
+            result = await self.app(cycle.scope, cycle.receive, cycle.send)
+        except asyncio.CancelledError:
+            conn.end()
+            raise
+        except BaseException as exc:
+            self.log.error("Exception in ASGI application\n", exc_info=exc)
+            conn.end()
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if result is not None:
+                self.log.error("ASGI callable should return None, but returned '%s'.", result)
+            if not conn.complete and not conn.closed:
+                if not conn.started:
+                    self.log.error("ASGI callable returned without starting response.")
+                else:
+                    self.log.error("ASGI callable returned without completing response.")
+            conn.end()
+        finally:
+            self.cycles.pop(conn.id, None)
+
+
+def run(worker: Any) -> None:
+    """``Worker.run`` for the asgi class."""
+    AsgiServer(worker).run()

@@ -1,0 +1,1461 @@
+//! The ASGI worker: a tokio I/O thread owns the sockets, the Python main thread runs the
+//! asyncio event loop and the app.
+//!
+//! - The **I/O thread** (current-thread tokio runtime, never takes the GIL) accepts,
+//!   reads and parses request heads with [`HeadParser`], decodes request bodies with
+//!   [`Decoder`] (a first piece of up to 64 KiB eagerly, the rest only when the app asks
+//!   for it), writes what the app sends, keeps connections alive and heartbeats.
+//! - The **event loop** (Python main thread, `ferrocorn.asgi`) watches one descriptor
+//!   with `loop.add_reader`. The I/O thread pushes [`Event`]s onto a queue and writes one
+//!   byte to that descriptor only when the queue was empty, so a burst of requests costs
+//!   the loop one wake-up. [`AsgiWorker::events`] drains the queue with the GIL held and
+//!   builds each request's scope dict here, in Rust.
+//! - The way back is a per-connection unbounded tokio channel of [`Cmd`]s: pushing onto
+//!   it from the loop thread is a lock-free enqueue plus, at most, a waker call, so
+//!   `send()` never blocks the loop. A byte counter bounds what a connection may have
+//!   queued ([`HIGH_WATER`]); above it `send()` waits until the I/O thread has written
+//!   enough (the `Drained` event).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::http::parse::is_tchar;
+use crate::http::response::error_response;
+use crate::http::{
+    percent_decode, reason_phrase, write_http_date, Decoder, HeadParser, HttpError, Limits,
+    RequestHead, Version,
+};
+use crate::log::{AccessLog, Record};
+use crate::net::{Listener, Peer};
+use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
+use crate::worker::sync::{drain_pipe, get, is_transient_accept_error, Options};
+use crate::worker::{Phase, PhaseCell};
+
+/// Request-body bytes read ahead of the app (first piece) or per `receive()` after it.
+const BODY_PIECE: usize = 64 * 1024;
+
+/// Most response bytes a connection may have queued for the I/O thread before
+/// `send()` waits.
+const HIGH_WATER: usize = 64 * 1024;
+
+/// How long a closing connection may take to flush before it is dropped.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Settings of one asgi worker.
+#[derive(Debug, Clone)]
+struct Cfg {
+    worker_connections: usize,
+    keepalive: Option<Duration>,
+    timeout: Option<Duration>,
+    graceful: Duration,
+    max_requests: u64,
+    limits: Limits,
+    root_path: String,
+}
+
+impl Cfg {
+    fn heartbeat_every(&self) -> Duration {
+        match self.timeout {
+            Some(t) => (t / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+            None => Duration::from_secs(1),
+        }
+    }
+}
+
+/// A request whose head (and first body piece) is in, for the loop.
+#[derive(Debug)]
+struct NewRequest {
+    id: u64,
+    head: RequestHead,
+    peer: Peer,
+    listener: usize,
+    body: Vec<u8>,
+    more_body: bool,
+    keep_alive: bool,
+    conn: Arc<ConnShared>,
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+/// What the I/O thread tells the loop.
+#[derive(Debug)]
+enum Event {
+    Request(Box<NewRequest>),
+    Body { id: u64, data: Vec<u8>, more: bool },
+    Disconnect(u64),
+    Drained(u64),
+    Log(&'static str, String),
+    IoDone,
+}
+
+/// What the loop tells a connection's I/O task.
+#[derive(Debug)]
+enum Cmd {
+    /// Bytes of the response (head and body already framed).
+    Write(Vec<u8>),
+    /// The app called `receive()` and wants the next body piece (sends `100 Continue`
+    /// first when the client waits for it).
+    ReadBody,
+    /// The response is complete.
+    End { keep_alive: bool },
+    /// Close now (an error after the response started).
+    Abort,
+}
+
+/// Per-connection state shared by the loop and the I/O task.
+#[derive(Debug, Default)]
+struct ConnShared {
+    buffered: AtomicUsize,
+    want_drain: AtomicBool,
+    closed: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cfg: Cfg,
+    phase: PhaseCell,
+    stop_tx: watch::Sender<bool>,
+    served: AtomicU64,
+    board: Py<Scoreboard>,
+    slot: usize,
+    events: Mutex<Vec<Event>>,
+    notified: AtomicBool,
+    notify_w: StdUnixStream,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+    /// Responses in progress (app running).
+    active: AtomicUsize,
+    /// Last I/O-thread tick, CLOCK_MONOTONIC ms.
+    io_beat: AtomicU64,
+    access: Option<AccessLog>,
+}
+
+impl Shared {
+    fn slot(&self) -> Option<&Slot> {
+        self.board.get().slot(self.slot)
+    }
+
+    fn event(&self, ev: Event) {
+        lock(&self.events).push(ev);
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            let _ = std::io::Write::write(&mut &self.notify_w, b"!");
+        }
+    }
+
+    fn log(&self, level: &'static str, msg: String) {
+        self.event(Event::Log(level, msg));
+    }
+
+    fn begin_stop(&self) {
+        self.stop_tx.send_replace(true);
+    }
+}
+
+#[derive(Debug)]
+struct Setup {
+    listeners: Vec<Listener>,
+}
+
+/// Where each listener is bound, for `scope["server"]`.
+type ServerAddr = Option<(String, u16)>;
+
+/// The ASGI worker core, driven by `ferrocorn.asgi`.
+#[pyclass(module = "ferrocorn._ferrocorn", name = "AsgiWorker", frozen)]
+#[derive(Debug)]
+pub struct AsgiWorker {
+    shared: Arc<Shared>,
+    setup: Mutex<Option<Setup>>,
+    servers: Vec<ServerAddr>,
+    notify_r: StdUnixStream,
+    log: Py<PyAny>,
+    asgi: Py<PyDict>,
+    state: Mutex<Option<Py<PyDict>>>,
+    io: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn secs(v: f64) -> Option<Duration> {
+    (v > 0.0 && v.is_finite()).then(|| Duration::from_secs_f64(v))
+}
+
+#[pymethods]
+impl AsgiWorker {
+    /// `listeners`: list of `(fd, is_unix)`; `options` as for `GthreadWorker` (plus
+    /// `root_path`); `asgi`: the scope's `asgi` dict (version depends on the app).
+    #[new]
+    #[pyo3(signature = (listeners, options, log, board, slot, asgi))]
+    fn new(
+        listeners: &Bound<'_, PyList>,
+        options: &Bound<'_, PyDict>,
+        log: Py<PyAny>,
+        board: Py<Scoreboard>,
+        slot: usize,
+        asgi: Py<PyDict>,
+    ) -> PyResult<Self> {
+        let opts = Options::from_dict(options)?;
+        let worker_connections: usize = get::<usize>(options, "worker_connections")?.max(1);
+        let keepalive: f64 = get(options, "keepalive")?;
+        let graceful: f64 = get(options, "graceful_timeout")?;
+        let cfg = Cfg {
+            worker_connections,
+            keepalive: secs(keepalive),
+            timeout: opts.timeout,
+            graceful: Duration::from_secs_f64(graceful.max(0.0)),
+            max_requests: opts.max_requests,
+            limits: opts.limits,
+            root_path: opts.env.script_name.clone(),
+        };
+        let mut ls = Vec::new();
+        let mut servers = Vec::new();
+        for item in listeners.iter() {
+            let (fd, is_unix): (RawFd, bool) = item.extract()?;
+            let l = Listener::from_inherited(fd, is_unix)
+                .map_err(|e| PyOSError::new_err(format!("listener fd {fd}: {e}")))?;
+            servers.push(match &l {
+                Listener::Tcp(_, addr) => Some((addr.ip().to_string(), addr.port())),
+                Listener::Unix(_) => None,
+            });
+            ls.push(l);
+        }
+        let (notify_w, notify_r) =
+            StdUnixStream::pair().map_err(|e| PyOSError::new_err(format!("event socket: {e}")))?;
+        notify_w
+            .set_nonblocking(true)
+            .and_then(|()| notify_r.set_nonblocking(true))
+            .map_err(|e| PyOSError::new_err(format!("event socket: {e}")))?;
+        let (stop_tx, _) = watch::channel(false);
+        let shared = Shared {
+            cfg,
+            phase: PhaseCell::new(),
+            stop_tx,
+            served: AtomicU64::new(0),
+            board,
+            slot,
+            events: Mutex::new(Vec::new()),
+            notified: AtomicBool::new(false),
+            notify_w,
+            next_id: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            io_beat: AtomicU64::new(now_ms()),
+            access: opts.access,
+        };
+        Ok(AsgiWorker {
+            shared: Arc::new(shared),
+            setup: Mutex::new(Some(Setup { listeners: ls })),
+            servers,
+            notify_r,
+            log,
+            asgi,
+            state: Mutex::new(None),
+            io: Mutex::new(None),
+        })
+    }
+
+    /// The descriptor the loop watches with `add_reader`.
+    fn fileno(&self) -> RawFd {
+        self.notify_r.as_raw_fd()
+    }
+
+    /// The lifespan state; each request scope gets a shallow copy.
+    fn set_state(&self, state: Py<PyDict>) {
+        *lock(&self.state) = Some(state);
+    }
+
+    /// Starts the I/O thread (after lifespan startup).
+    fn start(&self) -> PyResult<()> {
+        let Setup { listeners } = lock(&self.setup)
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("AsgiWorker.start() called twice"))?;
+        let old = block_async_signals();
+        let shared = self.shared.clone();
+        let h = std::thread::Builder::new()
+            .name("ferrocorn-io".into())
+            .spawn(move || io_thread(shared, listeners));
+        if let Some(old) = old {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        }
+        let h = h.map_err(|e| PyRuntimeError::new_err(format!("starting the I/O thread: {e}")))?;
+        *lock(&self.io) = Some(h);
+        Ok(())
+    }
+
+    /// Graceful stop (SIGTERM): stop accepting, finish what is in flight.
+    fn stop(&self) {
+        self.shared.phase.advance(Phase::Draining);
+        self.shared.begin_stop();
+    }
+
+    /// Requests admitted so far (gunicorn's `worker.nr`).
+    #[getter]
+    fn requests(&self) -> u64 {
+        self.shared.served.load(Ordering::Relaxed)
+    }
+
+    /// Whether the worker stopped because of max-requests.
+    #[getter]
+    fn max_requests_reached(&self) -> bool {
+        self.shared.phase.get() == Phase::Exiting
+    }
+
+    /// Called by the loop every tick: heartbeats the slot when the I/O thread is alive
+    /// too, so the master's `--timeout` sees a blocked loop or a stuck I/O thread.
+    fn heartbeat(&self) {
+        let io_age = now_ms().saturating_sub(self.shared.io_beat.load(Ordering::Relaxed));
+        let limit = u64::try_from(self.shared.cfg.heartbeat_every().as_millis())
+            .unwrap_or(1000)
+            .saturating_mul(4);
+        if io_age > limit && lock(&self.io).is_some() {
+            return;
+        }
+        if let Some(s) = self.shared.slot() {
+            let state = if self.shared.phase.get() != Phase::Serving {
+                SlotState::Draining
+            } else if self.shared.active.load(Ordering::Relaxed) > 0 {
+                SlotState::Busy
+            } else {
+                SlotState::Idle
+            };
+            s.set_state(state);
+            s.set_gauges(
+                0,
+                self.shared.active.load(Ordering::Relaxed),
+                self.shared.open.load(Ordering::Relaxed),
+            );
+        }
+    }
+
+    /// Takes what the I/O thread queued. Each item is a tuple:
+    /// `(0, conn, scope, body, more_body)` a new request; `(1, id, body, more_body)` a
+    /// body piece; `(2, id)` the client went away; `(3, id)` a connection's queue fell
+    /// under the high-water mark; `(4,)` the I/O thread is done.
+    fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.shared.notified.store(false, Ordering::Release);
+        drain_pipe(self.notify_r.as_raw_fd());
+        let evs = std::mem::take(&mut *lock(&self.shared.events));
+        let out = PyList::empty(py);
+        for ev in evs {
+            match ev {
+                Event::Request(req) => {
+                    let req = *req;
+                    let scope = self.scope(py, &req)?;
+                    let body = PyBytes::new(py, &req.body);
+                    let more = req.more_body;
+                    let conn = Conn::new(&self.shared, req);
+                    out.append((0, Py::new(py, conn)?, scope, body, more))?;
+                }
+                Event::Body { id, data, more } => {
+                    out.append((1, id, PyBytes::new(py, &data), more))?;
+                }
+                Event::Disconnect(id) => out.append((2, id))?,
+                Event::Drained(id) => out.append((3, id))?,
+                Event::Log(level, msg) => {
+                    if let Err(e) = self.log.bind(py).call_method1(level, (msg,)) {
+                        e.print(py);
+                    }
+                }
+                Event::IoDone => {
+                    if let Some(h) = lock(&self.io).take() {
+                        py.detach(|| {
+                            let _ = h.join();
+                        });
+                    }
+                    out.append((4,))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl AsgiWorker {
+    fn scope<'py>(&self, py: Python<'py>, req: &NewRequest) -> PyResult<Bound<'py, PyDict>> {
+        let head = &req.head;
+        let d = PyDict::new(py);
+        d.set_item("type", "http")?;
+        d.set_item("asgi", self.asgi.bind(py))?;
+        d.set_item(
+            "http_version",
+            match head.version {
+                Version::Http10 => "1.0",
+                Version::Http11 => "1.1",
+            },
+        )?;
+        d.set_item("method", &head.method)?;
+        d.set_item("scheme", "http")?;
+        let (raw_path, query, _) = head.split_target();
+        let decoded = percent_decode(raw_path);
+        let path = String::from_utf8_lossy(&decoded);
+        let root = &self.shared.cfg.root_path;
+        if root.is_empty() {
+            d.set_item("path", path.as_ref())?;
+        } else {
+            d.set_item("path", format!("{root}{path}"))?;
+        }
+        d.set_item("raw_path", PyBytes::new(py, raw_path.as_bytes()))?;
+        d.set_item("query_string", PyBytes::new(py, query.as_bytes()))?;
+        d.set_item("root_path", root)?;
+        let headers = PyList::empty(py);
+        for (name, value) in &head.headers {
+            let lower = name.to_ascii_lowercase();
+            headers.append(PyTuple::new(
+                py,
+                [PyBytes::new(py, lower.as_bytes()), PyBytes::new(py, value)],
+            )?)?;
+        }
+        d.set_item("headers", headers)?;
+        match &req.peer {
+            Peer::Tcp(addr) => d.set_item("client", (addr.ip().to_string(), addr.port()))?,
+            Peer::Unix => d.set_item("client", py.None())?,
+        }
+        match self.servers.get(req.listener).cloned().flatten() {
+            Some(s) => d.set_item("server", s)?,
+            None => d.set_item("server", py.None())?,
+        }
+        match lock(&self.state).as_ref() {
+            Some(state) => d.set_item("state", state.bind(py).copy()?)?,
+            None => d.set_item("state", PyDict::new(py))?,
+        }
+        let ext = PyDict::new(py);
+        ext.set_item("http.response.pathsend", PyDict::new(py))?;
+        d.set_item("extensions", ext)?;
+        Ok(d)
+    }
+}
+
+/// How the response body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body may be sent (HEAD, 1xx, 204, 304).
+    None,
+    /// Content-Length: this many bytes still to come.
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 without a length).
+    Close,
+}
+
+#[derive(Debug)]
+enum Resp {
+    NotStarted,
+    Started {
+        status: u16,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    Streaming {
+        framing: Framing,
+    },
+    Done,
+}
+
+/// One request's connection, as the loop sees it: `start`, `body`, `read_body`, `end`.
+#[pyclass(module = "ferrocorn._ferrocorn", name = "AsgiConn", frozen)]
+#[derive(Debug)]
+pub struct Conn {
+    #[pyo3(get)]
+    id: u64,
+    #[pyo3(get)]
+    expect_continue: bool,
+    tx: mpsc::UnboundedSender<Cmd>,
+    conn: Arc<ConnShared>,
+    shared: Arc<Shared>,
+    inner: Mutex<ConnInner>,
+}
+
+#[derive(Debug)]
+struct ConnInner {
+    resp: Resp,
+    head: RequestHead,
+    peer: Peer,
+    keep_alive: bool,
+    close_requested: bool,
+    started: Instant,
+    status: u16,
+    log_headers: Vec<(String, String)>,
+    sent: u64,
+    active: bool,
+}
+
+impl Conn {
+    fn new(shared: &Arc<Shared>, req: NewRequest) -> Conn {
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        Conn {
+            id: req.id,
+            expect_continue: req.head.expect_continue,
+            tx: req.tx,
+            conn: req.conn,
+            shared: shared.clone(),
+            inner: Mutex::new(ConnInner {
+                resp: Resp::NotStarted,
+                head: req.head,
+                peer: req.peer,
+                keep_alive: req.keep_alive,
+                close_requested: false,
+                started: Instant::now(),
+                status: 0,
+                log_headers: Vec::new(),
+                sent: 0,
+                active: true,
+            }),
+        }
+    }
+
+    fn push(&self, bytes: Vec<u8>) -> bool {
+        let n = bytes.len();
+        if n == 0 {
+            return true;
+        }
+        if self.conn.closed.load(Ordering::Acquire) {
+            return true;
+        }
+        let b = self.conn.buffered.fetch_add(n, Ordering::AcqRel) + n;
+        if self.tx.send(Cmd::Write(bytes)).is_err() {
+            return true;
+        }
+        if b <= HIGH_WATER {
+            return true;
+        }
+        self.conn.want_drain.store(true, Ordering::SeqCst);
+        if self.conn.buffered.load(Ordering::SeqCst) <= HIGH_WATER {
+            // The I/O task may already have taken the flag and posted a stray Drained,
+            // which the loop ignores when nobody waits.
+            self.conn.want_drain.store(false, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    fn finish(&self, inner: &mut ConnInner, keep_alive: bool) {
+        inner.resp = Resp::Done;
+        let _ = self.tx.send(if keep_alive {
+            Cmd::End { keep_alive: true }
+        } else {
+            Cmd::End { keep_alive: false }
+        });
+        self.access_log(inner);
+        self.deactivate(inner);
+    }
+
+    fn deactivate(&self, inner: &mut ConnInner) {
+        if inner.active {
+            inner.active = false;
+            self.shared.active.fetch_sub(1, Ordering::Relaxed);
+            if let Some(s) = self.shared.slot() {
+                let micros = u64::try_from(inner.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                s.add_request(micros, inner.status);
+            }
+        }
+    }
+
+    fn access_log(&self, inner: &ConnInner) {
+        let Some(log) = self.shared.access.as_ref() else {
+            return;
+        };
+        let head = &inner.head;
+        let (raw_path, query, _) = head.split_target();
+        let decoded = String::from_utf8_lossy(&percent_decode(raw_path)).into_owned();
+        let remote = inner.peer.ip().map(|i| i.to_string()).unwrap_or_default();
+        let env = |_: &str| None;
+        log.write(&Record {
+            remote_addr: &remote,
+            method: &head.method,
+            raw_uri: &head.target,
+            path: &decoded,
+            query,
+            protocol: head.version.as_str(),
+            request_headers: &head.headers,
+            status: inner.status,
+            response_headers: &inner.log_headers,
+            bytes_sent: Some(inner.sent),
+            duration: inner.started.elapsed(),
+            environ: &env,
+        });
+    }
+
+    /// Builds the head once the framing is known (first body message).
+    fn head_bytes(
+        &self,
+        inner: &mut ConnInner,
+        status: u16,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+        first: &[u8],
+        more: bool,
+    ) -> (Vec<u8>, Framing) {
+        let head = &inner.head;
+        let is_head = head.method == "HEAD";
+        let bodyless = (100..200).contains(&status) || status == 204 || status == 304;
+        let mut length: Option<u64> = None;
+        let mut has_server = false;
+        let mut has_date = false;
+        let mut out = Vec::with_capacity(256 + first.len());
+        out.extend_from_slice(head.version.as_str().as_bytes());
+        out.push(b' ');
+        let mut b = itoa::Buffer::new();
+        out.extend_from_slice(b.format(status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason_phrase(status).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut log_headers = Vec::with_capacity(headers.len());
+        for (name, value) in &headers {
+            let lname = name.to_ascii_lowercase();
+            match lname.as_slice() {
+                b"content-length" => {
+                    length = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok());
+                }
+                b"transfer-encoding" => continue,
+                b"connection" => {
+                    if value
+                        .split(|&c| c == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+                    {
+                        inner.close_requested = true;
+                    }
+                    continue;
+                }
+                b"server" => has_server = true,
+                b"date" => has_date = true,
+                _ => {}
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+            log_headers.push((
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            ));
+        }
+        let framing = if bodyless {
+            Framing::None
+        } else if let Some(n) = length {
+            if is_head {
+                Framing::None
+            } else {
+                Framing::Length(n)
+            }
+        } else if !more {
+            let n = first.len();
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(b.format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            if is_head {
+                Framing::None
+            } else {
+                Framing::Length(n as u64)
+            }
+        } else if is_head {
+            Framing::None
+        } else if head.version == Version::Http11 {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        } else {
+            Framing::Close
+        };
+        if !has_server {
+            out.extend_from_slice(b"server: ferrocorn\r\n");
+        }
+        if !has_date {
+            out.extend_from_slice(b"date: ");
+            write_http_date_lower(&mut out);
+            out.extend_from_slice(b"\r\n");
+        }
+        let keep = self.keep_alive_now(inner, framing);
+        if !keep {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if head.version == Version::Http10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        inner.status = status;
+        inner.log_headers = log_headers;
+        (out, framing)
+    }
+
+    fn keep_alive_now(&self, inner: &ConnInner, framing: Framing) -> bool {
+        inner.keep_alive
+            && !inner.close_requested
+            && framing != Framing::Close
+            && self.shared.phase.get() == Phase::Serving
+    }
+}
+
+fn write_http_date_lower(out: &mut Vec<u8>) {
+    // write_http_date appends the value itself.
+    write_http_date(out);
+}
+
+fn header_pair(item: &Bound<'_, PyAny>) -> PyResult<(Vec<u8>, Vec<u8>)> {
+    let (n, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract().map_err(|_| {
+        PyTypeError::new_err("ASGI response headers must be [name, value] pairs of bytes")
+    })?;
+    let n = n
+        .cast::<PyBytes>()
+        .map_err(|_| PyTypeError::new_err("ASGI header names must be bytes"))?
+        .as_bytes()
+        .to_vec();
+    let v = v
+        .cast::<PyBytes>()
+        .map_err(|_| PyTypeError::new_err("ASGI header values must be bytes"))?
+        .as_bytes()
+        .to_vec();
+    if n.is_empty() || !n.iter().all(|&b| is_tchar(b)) {
+        return Err(PyValueError::new_err(format!(
+            "invalid response header name {:?}",
+            String::from_utf8_lossy(&n)
+        )));
+    }
+    if v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(PyValueError::new_err(format!(
+            "invalid response header value for {:?}",
+            String::from_utf8_lossy(&n)
+        )));
+    }
+    Ok((n, v))
+}
+
+#[pymethods]
+impl Conn {
+    /// `http.response.start`.
+    fn start(&self, status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+        let status: u16 = status
+            .extract()
+            .map_err(|_| PyTypeError::new_err("ASGI response status must be an int"))?;
+        if !(100..=999).contains(&status) {
+            return Err(PyValueError::new_err(format!(
+                "invalid ASGI response status {status}"
+            )));
+        }
+        let mut hs = Vec::new();
+        for item in headers.try_iter()? {
+            hs.push(header_pair(&item?)?);
+        }
+        let mut inner = lock(&self.inner);
+        match inner.resp {
+            Resp::NotStarted => {}
+            _ => {
+                return Err(PyRuntimeError::new_err(
+                    "Expected ASGI message 'http.response.body', but got 'http.response.start'.",
+                ))
+            }
+        }
+        inner.resp = Resp::Started {
+            status,
+            headers: hs,
+        };
+        Ok(())
+    }
+
+    /// Whether `http.response.start` was sent.
+    #[getter]
+    fn started(&self) -> bool {
+        !matches!(lock(&self.inner).resp, Resp::NotStarted)
+    }
+
+    /// Whether the final body was sent.
+    #[getter]
+    fn complete(&self) -> bool {
+        matches!(lock(&self.inner).resp, Resp::Done)
+    }
+
+    /// Whether the client went away.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.conn.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether what this connection has queued is under the high-water mark.
+    #[getter]
+    fn writable(&self) -> bool {
+        self.conn.buffered.load(Ordering::Acquire) <= HIGH_WATER
+    }
+
+    /// `http.response.body`. Returns False when the caller must wait for the
+    /// connection to drain (the `Drained` event) before sending more.
+    fn body(&self, body: &Bound<'_, PyBytes>, more: bool) -> PyResult<bool> {
+        let data = body.as_bytes();
+        let mut inner = lock(&self.inner);
+        let resp = std::mem::replace(&mut inner.resp, Resp::Done);
+        let (mut out, framing) = match resp {
+            Resp::NotStarted => {
+                inner.resp = Resp::NotStarted;
+                return Err(PyRuntimeError::new_err(
+                    "Expected ASGI message 'http.response.start', but got 'http.response.body'.",
+                ));
+            }
+            Resp::Done => {
+                // Messages after the final body are ignored (spec).
+                return Ok(true);
+            }
+            Resp::Started { status, headers } => {
+                self.head_bytes(&mut inner, status, headers, data, more)
+            }
+            Resp::Streaming { framing } => (Vec::with_capacity(data.len() + 16), framing),
+        };
+        let mut framing = framing;
+        match framing {
+            Framing::None => {}
+            Framing::Length(left) => {
+                let n = data.len() as u64;
+                if n > left {
+                    inner.resp = Resp::Done;
+                    let _ = self.tx.send(Cmd::Abort);
+                    self.deactivate(&mut inner);
+                    return Err(PyRuntimeError::new_err(
+                        "Response content longer than Content-Length",
+                    ));
+                }
+                out.extend_from_slice(data);
+                framing = Framing::Length(left - n);
+            }
+            Framing::Chunked => {
+                if !data.is_empty() {
+                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    out.extend_from_slice(data);
+                    out.extend_from_slice(b"\r\n");
+                }
+                if !more {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+            }
+            Framing::Close => out.extend_from_slice(data),
+        }
+        if framing != Framing::None {
+            inner.sent += data.len() as u64;
+        }
+        let ok = self.push(out);
+        if more {
+            inner.resp = Resp::Streaming { framing };
+        } else {
+            let complete = !matches!(framing, Framing::Length(n) if n > 0);
+            let keep = complete && self.keep_alive_now(&inner, framing);
+            self.finish(&mut inner, keep);
+        }
+        Ok(ok)
+    }
+
+    /// The app wants the next request-body piece (the `Body` event brings it).
+    fn read_body(&self) {
+        let _ = self.tx.send(Cmd::ReadBody);
+    }
+
+    /// The app is done (returned or raised). Before the response started: a 500 when
+    /// `error` is true (the app raised or returned without responding). After: close
+    /// unless the response was complete.
+    fn end(&self) {
+        let mut inner = lock(&self.inner);
+        match inner.resp {
+            Resp::Done => {}
+            Resp::NotStarted => {
+                let bytes = error_response(500, "Internal Server Error", "");
+                inner.status = 500;
+                inner.sent = 0;
+                inner.resp = Resp::Done;
+                self.push(bytes);
+                let _ = self.tx.send(Cmd::End { keep_alive: false });
+                self.access_log(&inner);
+                self.deactivate(&mut inner);
+            }
+            _ => {
+                inner.resp = Resp::Done;
+                let _ = self.tx.send(Cmd::Abort);
+                self.access_log(&inner);
+                self.deactivate(&mut inner);
+            }
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        if inner.active {
+            inner.active = false;
+            self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Blocks the asynchronous signals in the calling thread (so the I/O thread started
+/// next inherits the mask and every signal reaches the loop thread); returns the old mask.
+fn block_async_signals() -> Option<SigSet> {
+    let mut set = SigSet::all();
+    for s in [
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGFPE,
+        Signal::SIGILL,
+        Signal::SIGTRAP,
+        Signal::SIGSYS,
+    ] {
+        set.remove(s);
+    }
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).ok()?;
+    Some(old)
+}
+
+// ------------------------------------------------------------------ I/O thread
+
+fn io_thread(shared: Arc<Shared>, listeners: Vec<Listener>) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => {
+            rt.block_on(io_main(shared.clone(), listeners));
+            drop(rt);
+        }
+        Err(e) => shared.log("error", format!("cannot start the I/O runtime: {e}")),
+    }
+    shared.event(Event::IoDone);
+}
+
+async fn io_main(shared: Arc<Shared>, listeners: Vec<Listener>) {
+    let cap = shared.cfg.worker_connections;
+    let conns = Arc::new(Semaphore::new(cap));
+    let hb = tokio::spawn(io_heartbeat(shared.clone()));
+    let mut accepting = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        // SAFETY: the descriptor is the listener's own dup, owned by `RawListener`, which
+        // the `AsyncFd` owns for its whole life; `as_raw_fd` always returns it.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                RawListener(l),
+                tokio::io::Interest::READABLE,
+            )
+        };
+        match fd.map_err(io::Error::from) {
+            Ok(fd) => accepting.push(tokio::spawn(accept_loop(
+                shared.clone(),
+                Arc::new(fd),
+                i,
+                conns.clone(),
+            ))),
+            Err(e) => shared.log("error", format!("listener: {e}")),
+        }
+    }
+    let mut stop = shared.stop_tx.subscribe();
+    let _ = stop.wait_for(|s| *s).await;
+    for a in accepting {
+        let _ = a.await;
+    }
+    let all = u32::try_from(cap).unwrap_or(u32::MAX);
+    tokio::select! {
+        _ = conns.acquire_many(all) => {}
+        _ = tokio::time::sleep(shared.cfg.graceful) => {
+            shared.log(
+                "warning",
+                format!(
+                    "Graceful timeout: closing {} connection(s) still open",
+                    shared.open.load(Ordering::Relaxed)
+                ),
+            );
+        }
+    }
+    hb.abort();
+}
+
+async fn io_heartbeat(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.cfg.heartbeat_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        shared.io_beat.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct RawListener(Listener);
+
+impl AsRawFd for RawListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    l: Arc<tokio::io::unix::AsyncFd<RawListener>>,
+    index: usize,
+    conns: Arc<Semaphore>,
+) {
+    let mut stop = shared.stop_tx.subscribe();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let permit = tokio::select! {
+            p = conns.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let accepted = tokio::select! {
+            r = accept_one(&l) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((s, peer)) => {
+                shared.open.fetch_add(1, Ordering::Relaxed);
+                let sh = shared.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    serve_conn(&sh, s, peer, index).await;
+                    sh.open.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) if is_transient_accept_error(&e) => {}
+            Err(e) => {
+                shared.log("error", format!("accept() failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn accept_one(l: &tokio::io::unix::AsyncFd<RawListener>) -> io::Result<(IoStream, Peer)> {
+    loop {
+        let mut ready = l.readable().await?;
+        match ready.try_io(|l| accept_now(&l.get_ref().0)) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+fn accept_now(l: &Listener) -> io::Result<(IoStream, Peer)> {
+    match l {
+        Listener::Tcp(l, _) => {
+            let (s, addr) = l.accept()?;
+            s.set_nonblocking(true)?;
+            s.set_nodelay(true)?;
+            Ok((
+                IoStream::Tcp(tokio::net::TcpStream::from_std(s)?),
+                Peer::Tcp(addr),
+            ))
+        }
+        Listener::Unix(l) => {
+            let (s, _) = l.accept()?;
+            s.set_nonblocking(true)?;
+            Ok((
+                IoStream::Unix(tokio::net::UnixStream::from_std(s)?),
+                Peer::Unix,
+            ))
+        }
+    }
+}
+
+#[derive(Debug)]
+enum IoStream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl IoStream {
+    async fn read_more(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(8192);
+        }
+        match self {
+            IoStream::Tcp(s) => s.read_buf(buf).await,
+            IoStream::Unix(s) => s.read_buf(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            IoStream::Tcp(s) => s.write_all(bytes).await,
+            IoStream::Unix(s) => s.write_all(bytes).await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            IoStream::Tcp(s) => s.shutdown().await,
+            IoStream::Unix(s) => s.shutdown().await,
+        }
+    }
+}
+
+async fn close_gracefully(mut io: IoStream) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let mut sink = Vec::with_capacity(8192);
+        let mut drained = 0usize;
+        while drained < 64 * 1024 {
+            sink.clear();
+            match io.read_more(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+fn compact(buf: &mut Vec<u8>, pos: &mut usize) {
+    if *pos == 0 {
+        return;
+    }
+    if *pos >= buf.len() {
+        buf.clear();
+        *pos = 0;
+    } else if *pos * 2 >= buf.len() {
+        buf.drain(..*pos);
+        *pos = 0;
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Debug)]
+enum HeadRead {
+    Head(RequestHead),
+    Closed,
+    Invalid(HttpError),
+    TimedOut,
+}
+
+async fn read_head(
+    shared: &Shared,
+    io: &mut IoStream,
+    buf: &mut Vec<u8>,
+    pos: &mut usize,
+    first: bool,
+) -> HeadRead {
+    let cfg = &shared.cfg;
+    let mut parser = HeadParser::new(&cfg.limits);
+    let now = Instant::now();
+    let idle_deadline = if first {
+        cfg.timeout.map(|t| now + t)
+    } else {
+        Some(now + cfg.keepalive.unwrap_or(Duration::ZERO))
+    };
+    let mut head_deadline: Option<Option<Instant>> = None;
+    let mut stop = shared.stop_tx.subscribe();
+    loop {
+        let has_bytes = *pos < buf.len();
+        if has_bytes {
+            match parser.parse(&buf[*pos..]) {
+                Ok(Some((head, used))) => {
+                    *pos += used;
+                    return HeadRead::Head(head);
+                }
+                Ok(None) => {}
+                Err(e) => return HeadRead::Invalid(e),
+            }
+            if head_deadline.is_none() {
+                head_deadline = Some(cfg.timeout.map(|t| Instant::now() + t));
+            }
+        } else if *stop.borrow() && !first {
+            // Stopping: an idle kept-alive connection is closed.
+            return HeadRead::Closed;
+        }
+        let deadline = if has_bytes {
+            head_deadline.flatten()
+        } else {
+            idle_deadline
+        };
+        compact(buf, pos);
+        let r = tokio::select! {
+            biased;
+            r = io.read_more(buf) => Some(r),
+            _ = sleep_until_opt(deadline) => None,
+            _ = stop.changed(), if !*stop.borrow() => continue,
+        };
+        match r {
+            Some(Ok(0)) => return HeadRead::Closed,
+            Some(Ok(_)) => {}
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Some(Err(_)) => return HeadRead::Closed,
+            None if has_bytes => return HeadRead::TimedOut,
+            None => return HeadRead::Closed,
+        }
+    }
+}
+
+/// Decodes body bytes already buffered into `out` (at most `max` bytes of data).
+fn decode_buffered(
+    dec: &mut Decoder,
+    buf: &[u8],
+    pos: &mut usize,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), HttpError> {
+    while !dec.is_done() && out.len() < max && *pos < buf.len() {
+        let end = buf.len().min(*pos + (max - out.len()).max(1));
+        let d = dec.decode(&buf[*pos..end])?;
+        if d.consumed == 0 {
+            if end < buf.len() {
+                // The chunked framing needs more than the window: widen it.
+                let d = dec.decode(&buf[*pos..])?;
+                if d.consumed == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[*pos + d.data.start..*pos + d.data.end]);
+                *pos += d.consumed;
+                continue;
+            }
+            break;
+        }
+        out.extend_from_slice(&buf[*pos + d.data.start..*pos + d.data.end]);
+        *pos += d.consumed;
+    }
+    Ok(())
+}
+
+/// Reads the next piece of body: returns the data (possibly empty only when done).
+async fn read_body_piece(
+    cfg: &Cfg,
+    io: &mut IoStream,
+    buf: &mut Vec<u8>,
+    pos: &mut usize,
+    dec: &mut Decoder,
+    max: usize,
+    wait_full: bool,
+) -> Result<Vec<u8>, ()> {
+    let mut out = Vec::new();
+    let deadline = cfg.timeout.map(|t| Instant::now() + t);
+    loop {
+        decode_buffered(dec, buf, pos, &mut out, max).map_err(|_| ())?;
+        if dec.is_done() || out.len() >= max || (!out.is_empty() && !wait_full) {
+            return Ok(out);
+        }
+        compact(buf, pos);
+        let r = tokio::select! {
+            r = io.read_more(buf) => Some(r),
+            _ = sleep_until_opt(deadline) => None,
+        };
+        match r {
+            Some(Ok(0)) | Some(Err(_)) | None => return Err(()),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn admit(shared: &Shared) -> bool {
+    let served = shared.served.fetch_add(1, Ordering::Relaxed) + 1;
+    if shared.cfg.max_requests > 0 && served == shared.cfg.max_requests {
+        shared.log(
+            "info",
+            "Autorestarting worker after current request.".to_owned(),
+        );
+        shared.phase.advance(Phase::Exiting);
+        shared.begin_stop();
+    }
+    shared.cfg.keepalive.is_some() && shared.phase.get() == Phase::Serving
+}
+
+/// One client connection, from accept to close.
+async fn serve_conn(shared: &Arc<Shared>, mut io: IoStream, peer: Peer, listener: usize) {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut pos = 0usize;
+    let mut first = true;
+    loop {
+        let head = match read_head(shared, &mut io, &mut buf, &mut pos, first).await {
+            HeadRead::Head(h) => h,
+            HeadRead::Closed => return,
+            HeadRead::Invalid(err) => {
+                if err.wants_response() {
+                    let ip = peer.ip().map(|i| i.to_string()).unwrap_or_default();
+                    shared.log("warning", format!("Invalid request from ip={ip}: {err}"));
+                    let _ = io.write_all(&err.to_response()).await;
+                }
+                close_gracefully(io).await;
+                return;
+            }
+            HeadRead::TimedOut => {
+                let _ = io
+                    .write_all(&error_response(408, "Request Timeout", ""))
+                    .await;
+                close_gracefully(io).await;
+                return;
+            }
+        };
+        first = false;
+        let mut dec = Decoder::new(head.body, &shared.cfg.limits);
+        let expect_continue = head.expect_continue;
+        let first_piece = if expect_continue || dec.is_done() {
+            Vec::new()
+        } else {
+            match read_body_piece(
+                &shared.cfg,
+                &mut io,
+                &mut buf,
+                &mut pos,
+                &mut dec,
+                BODY_PIECE,
+                true,
+            )
+            .await
+            {
+                Ok(b) => b,
+                Err(()) => {
+                    let _ = io.write_all(&error_response(400, "Bad Request", "")).await;
+                    close_gracefully(io).await;
+                    return;
+                }
+            }
+        };
+        let keep_alive = admit(shared) && head.keep_alive;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cs = Arc::new(ConnShared::default());
+        shared.event(Event::Request(Box::new(NewRequest {
+            id,
+            head,
+            peer: peer.clone(),
+            listener,
+            more_body: !dec.is_done(),
+            body: first_piece,
+            keep_alive,
+            conn: cs.clone(),
+            tx,
+        })));
+        let mut sent_continue = false;
+        let mut disconnected = false;
+        // EOF while the app runs: the app hears `http.disconnect` (as under uvicorn),
+        // but the response is still written, for a client that only half-closed.
+        let mut peer_eof = false;
+        let outcome = loop {
+            let watch_eof =
+                !disconnected && !peer_eof && dec.is_done() && buf.len() - pos < BODY_PIECE;
+            let cmd = tokio::select! {
+                c = rx.recv() => c,
+                r = io.read_more(&mut buf), if watch_eof => {
+                    match r {
+                        Ok(0) => {
+                            peer_eof = true;
+                            shared.event(Event::Disconnect(id));
+                        }
+                        Err(_) => {
+                            disconnected = true;
+                            cs.closed.store(true, Ordering::Release);
+                            shared.event(Event::Disconnect(id));
+                        }
+                        Ok(_) => {}
+                    }
+                    continue;
+                }
+            };
+            match cmd {
+                None => break None,
+                Some(Cmd::Write(bytes)) => {
+                    let n = bytes.len();
+                    if !disconnected && io.write_all(&bytes).await.is_err() {
+                        disconnected = true;
+                        cs.closed.store(true, Ordering::Release);
+                        shared.event(Event::Disconnect(id));
+                    }
+                    let left = cs.buffered.fetch_sub(n, Ordering::AcqRel) - n;
+                    if left <= HIGH_WATER && cs.want_drain.swap(false, Ordering::SeqCst) {
+                        shared.event(Event::Drained(id));
+                    }
+                }
+                Some(Cmd::ReadBody) => {
+                    if disconnected {
+                        continue;
+                    }
+                    if expect_continue && !sent_continue {
+                        sent_continue = true;
+                        if io
+                            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                            .await
+                            .is_err()
+                        {
+                            disconnected = true;
+                        }
+                    }
+                    let piece = if disconnected {
+                        Err(())
+                    } else {
+                        read_body_piece(
+                            &shared.cfg,
+                            &mut io,
+                            &mut buf,
+                            &mut pos,
+                            &mut dec,
+                            BODY_PIECE,
+                            false,
+                        )
+                        .await
+                    };
+                    match piece {
+                        Ok(data) => shared.event(Event::Body {
+                            id,
+                            data,
+                            more: !dec.is_done(),
+                        }),
+                        Err(()) => {
+                            disconnected = true;
+                            cs.closed.store(true, Ordering::Release);
+                            shared.event(Event::Disconnect(id));
+                        }
+                    }
+                }
+                Some(Cmd::End { keep_alive }) => break Some(keep_alive),
+                Some(Cmd::Abort) => break None,
+            }
+        };
+        // Tell the app its response is over if it still waits in receive().
+        match outcome {
+            Some(true) if !disconnected && !peer_eof => {
+                if !dec.is_done() {
+                    // The app answered without reading the whole body: skip the rest
+                    // if it is small and quick, else close.
+                    let ok = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        read_body_piece(
+                            &shared.cfg,
+                            &mut io,
+                            &mut buf,
+                            &mut pos,
+                            &mut dec,
+                            1024 * 1024,
+                            true,
+                        ),
+                    )
+                    .await;
+                    if !matches!(ok, Ok(Ok(_))) || !dec.is_done() {
+                        close_gracefully(io).await;
+                        return;
+                    }
+                }
+                if buf.len() - pos == 0 {
+                    buf.clear();
+                    pos = 0;
+                    buf.shrink_to(4096);
+                }
+            }
+            Some(_) if !disconnected => {
+                close_gracefully(io).await;
+                return;
+            }
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,178 @@
+"""Raw ASGI apps for tests/test_asgi.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+
+async def _json(send, obj, status=200, headers=()):
+    body = json.dumps(obj).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _scope_view(scope):
+    out = {}
+    for k, v in scope.items():
+        if k == "headers":
+            out[k] = [[n.decode("latin-1"), val.decode("latin-1")] for n, val in v]
+        elif isinstance(v, bytes):
+            out[k] = v.decode("latin-1")
+        elif isinstance(v, tuple):
+            out[k] = list(v)
+        elif k == "state":
+            out[k] = {sk: repr(sv) for sk, sv in v.items()}
+        else:
+            out[k] = v
+    return out
+
+
+async def _read_body(receive):
+    body = b""
+    pieces = 0
+    while True:
+        msg = await receive()
+        assert msg["type"] == "http.request", msg
+        body += msg.get("body", b"")
+        pieces += 1
+        if not msg.get("more_body", False):
+            return body, pieces
+
+
+async def app(scope, receive, send):
+    """Routes by path; no lifespan support (raises on it, like Django)."""
+    if scope["type"] != "http":
+        raise RuntimeError(f"unsupported scope {scope['type']}")
+    path = scope["path"][len(scope["root_path"]) :]
+    if path.startswith("/scope"):
+        await _json(send, _scope_view(scope))
+    elif path == "/echo":
+        body, pieces = await _read_body(receive)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"x-pieces", str(pieces).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+    elif path == "/stream":
+        n = int(scope["query_string"] or b"5")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(n):
+            await send({"type": "http.response.body", "body": b"part%d\n" % i, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/big":
+        size = int(scope["query_string"] or b"1048576")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        piece = b"x" * 65536
+        sent = 0
+        while sent < size:
+            n = min(len(piece), size - sent)
+            sent += n
+            await send({"type": "http.response.body", "body": piece[:n], "more_body": sent < size})
+    elif path == "/error-before":
+        raise ValueError("boom before start")
+    elif path == "/error-after":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise ValueError("boom after start")
+    elif path == "/no-response":
+        return
+    elif path == "/early":
+        # Answers without reading the body.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"early"})
+    elif path == "/after-response":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+        msg = await receive()
+        msg2 = await receive()
+        assert msg["type"] == "http.request"
+        assert msg2["type"] == "http.disconnect", msg2
+    elif path == "/disconnect":
+        # Waits for the client to go away, then records what receive() said.
+        await receive()
+        msg = await receive()
+        with open(os.environ["ASGI_TEST_OUT"], "w") as f:
+            f.write(msg["type"])
+    elif path == "/sleep":
+        await asyncio.sleep(float(scope["query_string"] or b"0.5"))
+        await _json(send, {"slept": True})
+    elif path == "/block":
+        import time
+
+        time.sleep(float(scope["query_string"] or b"60"))
+        await _json(send, {"blocked": True})
+    elif path == "/close":
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"connection", b"close")]}
+        )
+        await send({"type": "http.response.body", "body": b"bye"})
+    elif path == "/bad-header":
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1\r\nx-b: 2")]}
+        )
+        await send({"type": "http.response.body", "body": b"no"})
+    elif path == "/pathsend":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": os.path.abspath(__file__)})
+    else:
+        await _json(send, {"path": path})
+
+
+class Asgi2:
+    """An ASGI 2 double callable."""
+
+    def __init__(self, scope):
+        self.scope = scope
+
+    async def __call__(self, receive, send):
+        if self.scope["type"] != "http":
+            raise RuntimeError("no lifespan")
+        await _json(send, {"asgi": self.scope["asgi"]})
+
+
+asgi2 = Asgi2
+
+
+def _lifespan_app(fail=False, fail_raise=False):
+    async def lifespan_app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    if fail_raise:
+                        raise RuntimeError("startup exploded")
+                    if fail:
+                        await send({"type": "lifespan.startup.failed", "message": "no database"})
+                        return
+                    scope["state"]["db"] = "connected"
+                    scope["state"]["pid"] = os.getpid()
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    out = os.environ.get("ASGI_TEST_OUT")
+                    if out:
+                        with open(out, "a") as f:
+                            f.write("shutdown\n")
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        else:
+            state = scope["state"]
+            state["touched"] = True  # a shallow copy: does not leak into other requests
+            await _json(send, {"db": state.get("db"), "keys": sorted(state)})
+
+    return lifespan_app
+
+
+lifespan = _lifespan_app()
+lifespan_fails = _lifespan_app(fail=True)
+lifespan_raises = _lifespan_app(fail_raise=True)
