@@ -174,6 +174,28 @@ SCENARIOS: dict[str, Scenario] = {
                 "quoting its numbers.",
             ),
         ),
+        Scenario(
+            name="stats",
+            title="the cost of measuring: ferrocorn with and without --stats-bind",
+            servers=(
+                Server("ferrocorn", "ferrocorn sync", f"{FERROCORN} {{app}}"),
+                Server(
+                    "ferrocorn-stats",
+                    "ferrocorn sync --stats-bind",
+                    f"{FERROCORN} --stats-bind {{host}}:0 {{app}}",
+                ),
+            ),
+            apps=(HELLO,),
+            notes=(
+                "Both rows record every request in the scoreboard (count, latency "
+                "histogram, 5xx, busy time: one clock read and three atomic additions), "
+                "which is always on; the second also runs the stats process, which "
+                "samples the scoreboard and /proc once a second (it is not scraped "
+                "during the run).",
+                "With --stats-bind the memory columns also average in the stats process "
+                "(a child of the master like the workers).",
+            ),
+        ),
     )
 }
 
