@@ -375,4 +375,201 @@ def test_django_asgi(server_pool, helpers):
     r = httpx.get(srv.url + "/admin/", timeout=30, follow_redirects=False)
     assert r.status_code == 302
     srv.wait_for_log("ASGI 'lifespan' protocol appears unsupported.")
-    assert json.dumps  # keep the import for readers of the scope tests
+
+
+# --------------------------------------------------------------------------- WebSocket
+
+
+class WsClient:
+    """A minimal RFC 6455 client over a raw socket (masked frames, no extensions)."""
+
+    def __init__(self, address, path, subprotocols=(), key="dGhlIHNhbXBsZSBub25jZQ=="):
+        self.sock = socket.create_connection(address, timeout=10)
+        lines = [f"GET {path} HTTP/1.1", "Host: localhost", "Upgrade: websocket",
+                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+                 "Sec-WebSocket-Version: 13"]
+        if subprotocols:
+            lines.append("Sec-WebSocket-Protocol: " + ", ".join(subprotocols))
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            self.buf += chunk
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        self.head = head.decode("latin-1")
+        self.status = int(self.head.split(" ", 2)[1]) if self.head else 0
+
+    def header(self, name):
+        for line in self.head.split("\r\n")[1:]:
+            k, _, v = line.partition(":")
+            if k.strip().lower() == name:
+                return v.strip()
+        return None
+
+    def send_frame(self, opcode, payload: bytes, fin=True):
+        import os as _os
+        import struct
+
+        head = bytes([(0x80 if fin else 0) | opcode])
+        n = len(payload)
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 65536:
+            head += bytes([0x80 | 126]) + struct.pack("!H", n)
+        else:
+            head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+        mask = _os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(head + mask + masked)
+
+    def _need(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv_frame(self):
+        import struct
+
+        b0, b1 = self._need(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", self._need(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", self._need(8))[0]
+        return b0 & 0x0F, self._need(n)
+
+    def close(self, code=1000, reason=b""):
+        import struct
+
+        self.send_frame(8, struct.pack("!H", code) + reason)
+
+
+def _close_code(payload: bytes):
+    import struct
+
+    if len(payload) < 2:
+        return None, ""
+    return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+
+
+def test_ws_echo_text_and_binary(asgi_server):
+    c = WsClient(asgi_server.address, "/ws/echo")
+    assert c.status == 101
+    assert c.header("sec-websocket-accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert c.header("x-ws") == "yes"
+    c.send_frame(1, "héllo".encode())
+    assert c.recv_frame() == (1, "héllo".encode())
+    c.send_frame(2, b"\x00\x01\x02" * 50000)
+    assert c.recv_frame() == (2, b"\x00\x01\x02" * 50000)
+    # A fragmented message arrives whole.
+    c.send_frame(1, b"ab", fin=False)
+    c.send_frame(0, b"cd")
+    assert c.recv_frame() == (1, b"abcd")
+    # Ping gets a pong.
+    c.send_frame(9, b"p")
+    assert c.recv_frame() == (10, b"p")
+    c.close(1000)
+    op, payload = c.recv_frame()
+    assert op == 8
+    assert _close_code(payload)[0] == 1000
+
+
+def test_ws_scope_and_subprotocol(asgi_server):
+    c = WsClient(asgi_server.address, "/ws/scope?a=b", subprotocols=["chat", "other"])
+    assert c.status == 101
+    assert c.header("sec-websocket-protocol") == "chat"
+    _op, payload = c.recv_frame()
+    scope = json.loads(payload)
+    assert scope["type"] == "websocket"
+    assert scope["scheme"] == "ws"
+    assert scope["path"] == "/ws/scope"
+    assert scope["query_string"] == "a=b"
+    assert scope["subprotocols"] == ["chat", "other"]
+    assert "method" not in scope
+
+
+def test_ws_close_before_accept_is_403(asgi_server):
+    c = WsClient(asgi_server.address, "/ws/reject")
+    assert c.status == 403
+
+
+def test_ws_error_before_accept_is_500(asgi_server):
+    c = WsClient(asgi_server.address, "/ws/raise")
+    assert c.status == 500
+
+
+def test_ws_missing_key_is_400(asgi_server):
+    raw = asgi_server.raw(b"GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 400")
+
+
+def test_ws_app_close_code_and_reason(asgi_server):
+    c = WsClient(asgi_server.address, "/ws/echo")
+    c.send_frame(1, b"close-me")
+    op, payload = c.recv_frame()
+    assert op == 8
+    assert _close_code(payload) == (4000, "bye")
+
+
+@pytest.mark.parametrize("code,reason,expected", [
+    (1001, b"custom reason", {"code": 1001, "reason": "custom reason"}),
+    (None, b"", {"code": 1005, "reason": ""}),
+])
+def test_ws_client_close_reaches_app(server, tmp_path, code, reason, expected):
+    out = tmp_path / "ws.json"
+    srv = server(ASGI, "asgiapps:app", env={"ASGI_TEST_OUT": str(out)})
+    c = WsClient(srv.address, "/ws/echo")
+    if code is None:
+        c.send_frame(8, b"")
+    else:
+        c.close(code, reason)
+    deadline = time.monotonic() + 10
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert json.loads(out.read_text()) == expected
+
+
+def test_ws_connection_loss_is_1006(server, tmp_path):
+    out = tmp_path / "ws.json"
+    srv = server(ASGI, "asgiapps:app", env={"ASGI_TEST_OUT": str(out)})
+    c = WsClient(srv.address, "/ws/echo")
+    c.sock.close()
+    deadline = time.monotonic() + 10
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert json.loads(out.read_text())["code"] == 1006
+
+
+def test_ws_server_shutdown_sends_1012(server):
+    srv = server(ASGI, "asgiapps:app")
+    c = WsClient(srv.address, "/ws/echo")
+    c.send_frame(1, b"x")
+    assert c.recv_frame() == (1, b"x")
+    srv.proc.send_signal(signal.SIGTERM)
+    op, payload = c.recv_frame()
+    assert op == 8
+    assert _close_code(payload)[0] == 1012
+    c.close(1012)
+    assert srv.wait_exit(30) == 0
+
+
+def test_ws_message_over_the_limit_is_1009(asgi_server):
+    c = WsClient(asgi_server.address, "/ws/echo")
+    limit = 16 * 1024 * 1024
+    c.send_frame(2, b"a" * limit)  # exactly the limit is accepted
+    op, payload = c.recv_frame()
+    assert (op, len(payload)) == (2, limit)
+    try:
+        c.send_frame(2, b"a" * (limit + 1))
+    except OSError:
+        pass
+    op, payload = c.recv_frame()
+    assert op == 8
+    assert _close_code(payload)[0] == 1009

@@ -142,6 +142,97 @@ class Cycle:
                     return
 
 
+class ClientDisconnected(OSError):
+    """``send()`` on a WebSocket the client already closed (ASGI spec 2.4)."""
+
+
+class WsCycle:
+    """One WebSocket connection: ``websocket.connect``, messages, ``disconnect``."""
+
+    __slots__ = ("closed_code", "conn", "drain", "queue", "scope", "state", "waiter")
+
+    def __init__(self, conn: Any, scope: dict) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.queue: list[dict] = [{"type": "websocket.connect"}]
+        self.waiter: asyncio.Future[None] | None = None
+        self.drain: asyncio.Future[None] | None = None
+        self.state = "connecting"  # accepted, closed (by the app), rejected
+        self.closed_code: int | None = None  # set once the connection is gone
+
+    @property
+    def disconnected(self) -> bool:
+        return self.closed_code is not None
+
+    async def receive(self) -> dict:
+        while not self.queue:
+            fut = self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await fut
+            finally:
+                self.waiter = None
+        return self.queue.pop(0)
+
+    def _wake(self) -> None:
+        fut = self.waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def on_message(self, text: str | None, data: bytes | None) -> None:
+        if text is not None:
+            self.queue.append({"type": "websocket.receive", "text": text})
+        else:
+            self.queue.append({"type": "websocket.receive", "bytes": data})
+        self._wake()
+
+    def on_closed(self, code: int, reason: str) -> None:
+        if self.closed_code is None:
+            self.closed_code = code
+            self.queue.append({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self._wake()
+        self.on_drained()
+
+    def on_drained(self) -> None:
+        fut = self.drain
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        if self.state == "connecting":
+            if kind == "websocket.accept":
+                self.conn.ws_accept(message.get("subprotocol"), message.get("headers") or ())
+                self.state = "accepted"
+            elif kind == "websocket.close":
+                self.conn.ws_reject()
+                self.state = "rejected"
+            else:
+                raise RuntimeError(
+                    "Expected ASGI message 'websocket.accept' or 'websocket.close', "
+                    f"but got '{kind}'."
+                )
+            return
+        if self.state != "accepted" or self.closed_code is not None:
+            raise ClientDisconnected(f"WebSocket closed; cannot send '{kind}'")
+        if kind == "websocket.send":
+            text = message.get("text")
+            data = message.get("bytes")
+            if (text is None) == (data is None):
+                raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
+            ok = self.conn.ws_send(text, None if data is None else bytes(data))
+            if not ok and not self.disconnected:
+                self.drain = asyncio.get_running_loop().create_future()
+                try:
+                    await self.drain
+                finally:
+                    self.drain = None
+        elif kind == "websocket.close":
+            self.state = "closed"
+            self.conn.ws_close(int(message.get("code") or 1000), message.get("reason") or "")
+        else:
+            raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, for a WebSocket.")
+
+
 class Lifespan:
     """The lifespan protocol, as uvicorn's ``LifespanOn`` (modes auto, on)."""
 
@@ -313,9 +404,15 @@ class AsgiServer:
             kind = ev[0]
             if kind == 0:
                 conn = ev[1]
-                cycle = Cycle(conn, ev[2], ev[3], ev[4])
-                cycles[conn.id] = cycle
-                task = asyncio.get_running_loop().create_task(self._run(cycle))
+                scope = ev[2]
+                if scope["type"] == "websocket":
+                    ws = WsCycle(conn, scope)
+                    cycles[conn.id] = ws  # type: ignore[assignment]
+                    task = asyncio.get_running_loop().create_task(self._run_ws(ws))
+                else:
+                    cycle = Cycle(conn, scope, ev[3], ev[4])
+                    cycles[conn.id] = cycle
+                    task = asyncio.get_running_loop().create_task(self._run(cycle))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             elif kind == 1:
@@ -330,6 +427,14 @@ class AsgiServer:
                 c = cycles.get(ev[1])
                 if c is not None:
                     c.on_drained()
+            elif kind == 5:
+                c = cycles.get(ev[1])
+                if c is not None:
+                    c.on_message(ev[2], ev[3])  # type: ignore[attr-defined]
+            elif kind == 6:
+                c = cycles.get(ev[1])
+                if c is not None:
+                    c.on_closed(ev[2], ev[3])  # type: ignore[attr-defined]
             elif kind == 4:
                 if self.done is not None and not self.done.done():
                     self.done.set_result(None)
@@ -355,6 +460,35 @@ class AsgiServer:
                 else:
                     self.log.error("ASGI callable returned without completing response.")
             conn.end()
+        finally:
+            self.cycles.pop(conn.id, None)
+
+    async def _ws_finish(self, ws: WsCycle, error: bool) -> None:
+        conn = ws.conn
+        if ws.state == "connecting":
+            conn.end()  # no handshake answer: 500
+        elif ws.state == "accepted" and not ws.disconnected:
+            conn.ws_close(1011 if error else 1000, "")
+
+    async def _run_ws(self, ws: WsCycle) -> None:
+        conn = ws.conn
+        try:
+            result = await self.app(ws.scope, ws.receive, ws.send)
+        except asyncio.CancelledError:
+            await self._ws_finish(ws, True)
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, ClientDisconnected):
+                self.log.error("Exception in ASGI application\n", exc_info=exc)
+            await self._ws_finish(ws, True)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if result is not None:
+                self.log.error("ASGI callable should return None, but returned '%s'.", result)
+            if ws.state == "connecting":
+                self.log.error("ASGI callable returned without sending handshake.")
+            await self._ws_finish(ws, False)
         finally:
             self.cycles.pop(conn.id, None)
 

@@ -89,15 +89,33 @@ struct NewRequest {
     keep_alive: bool,
     conn: Arc<ConnShared>,
     tx: mpsc::UnboundedSender<Cmd>,
+    /// A WebSocket handshake request (scope type "websocket").
+    websocket: bool,
 }
 
 /// What the I/O thread tells the loop.
 #[derive(Debug)]
 enum Event {
     Request(Box<NewRequest>),
-    Body { id: u64, data: Vec<u8>, more: bool },
+    Body {
+        id: u64,
+        data: Vec<u8>,
+        more: bool,
+    },
     Disconnect(u64),
     Drained(u64),
+    /// A WebSocket message from the client.
+    WsMessage {
+        id: u64,
+        text: Option<String>,
+        bytes: Option<Vec<u8>>,
+    },
+    /// The WebSocket is closed (by the client, the server or a loss).
+    WsClosed {
+        id: u64,
+        code: u16,
+        reason: String,
+    },
     Log(&'static str, String),
     IoDone,
 }
@@ -111,9 +129,16 @@ enum Cmd {
     /// first when the client waits for it).
     ReadBody,
     /// The response is complete.
-    End { keep_alive: bool },
+    End {
+        keep_alive: bool,
+    },
     /// Close now (an error after the response started).
     Abort,
+    /// The `101 Switching Protocols` answer: the connection becomes a WebSocket.
+    WsAccept(Vec<u8>),
+    WsText(String),
+    WsBinary(Vec<u8>),
+    WsClose(u16, String),
 }
 
 /// Per-connection state shared by the loop and the I/O task.
@@ -362,6 +387,13 @@ impl AsgiWorker {
                 }
                 Event::Disconnect(id) => out.append((2, id))?,
                 Event::Drained(id) => out.append((3, id))?,
+                Event::WsMessage { id, text, bytes } => match (text, bytes) {
+                    (Some(t), _) => out.append((5, id, t, py.None()))?,
+                    (None, b) => {
+                        out.append((5, id, py.None(), PyBytes::new(py, &b.unwrap_or_default())))?
+                    }
+                },
+                Event::WsClosed { id, code, reason } => out.append((6, id, code, reason))?,
                 Event::Log(level, msg) => {
                     if let Err(e) = self.log.bind(py).call_method1(level, (msg,)) {
                         e.print(py);
@@ -385,7 +417,7 @@ impl AsgiWorker {
     fn scope<'py>(&self, py: Python<'py>, req: &NewRequest) -> PyResult<Bound<'py, PyDict>> {
         let head = &req.head;
         let d = PyDict::new(py);
-        d.set_item("type", "http")?;
+        d.set_item("type", if req.websocket { "websocket" } else { "http" })?;
         d.set_item("asgi", self.asgi.bind(py))?;
         d.set_item(
             "http_version",
@@ -394,8 +426,25 @@ impl AsgiWorker {
                 Version::Http11 => "1.1",
             },
         )?;
-        d.set_item("method", &head.method)?;
-        d.set_item("scheme", "http")?;
+        if req.websocket {
+            d.set_item("scheme", "ws")?;
+            let protos: Vec<String> = head
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))
+                .flat_map(|(_, v)| {
+                    String::from_utf8_lossy(v)
+                        .split(',')
+                        .map(|p| p.trim().to_owned())
+                        .filter(|p| !p.is_empty())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            d.set_item("subprotocols", protos)?;
+        } else {
+            d.set_item("method", &head.method)?;
+            d.set_item("scheme", "http")?;
+        }
         let (raw_path, query, _) = head.split_target();
         let decoded = percent_decode(raw_path);
         let path = String::from_utf8_lossy(&decoded);
@@ -430,7 +479,9 @@ impl AsgiWorker {
             None => d.set_item("state", PyDict::new(py))?,
         }
         let ext = PyDict::new(py);
-        ext.set_item("http.response.pathsend", PyDict::new(py))?;
+        if !req.websocket {
+            ext.set_item("http.response.pathsend", PyDict::new(py))?;
+        }
         d.set_item("extensions", ext)?;
         Ok(d)
     }
@@ -846,6 +897,119 @@ impl Conn {
             self.finish(&mut inner, keep);
         }
         Ok(ok)
+    }
+
+    /// `websocket.accept`: answers the handshake with `101 Switching Protocols`.
+    #[pyo3(signature = (subprotocol=None, headers=None))]
+    fn ws_accept(
+        &self,
+        subprotocol: Option<String>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let mut hs = Vec::new();
+        if let Some(h) = headers {
+            for item in h.try_iter()? {
+                let (n, v) = header_pair(&item?)?;
+                if n.eq_ignore_ascii_case(b"sec-websocket-protocol") {
+                    return Err(PyValueError::new_err(
+                        "websocket.accept headers must not contain sec-websocket-protocol",
+                    ));
+                }
+                hs.push((n, v));
+            }
+        }
+        let mut inner = lock(&self.inner);
+        let key = inner.head.header("sec-websocket-key").unwrap_or_default();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
+        );
+        out.extend_from_slice(b"sec-websocket-accept: ");
+        out.extend_from_slice(accept.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(p) = subprotocol {
+            if p.contains(['\r', '\n']) {
+                return Err(PyValueError::new_err("invalid subprotocol"));
+            }
+            out.extend_from_slice(b"sec-websocket-protocol: ");
+            out.extend_from_slice(p.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let mut has_server = false;
+        let mut has_date = false;
+        for (n, v) in &hs {
+            has_server |= n.eq_ignore_ascii_case(b"server");
+            has_date |= n.eq_ignore_ascii_case(b"date");
+            out.extend_from_slice(n);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+        if !has_server {
+            out.extend_from_slice(b"server: ferrocorn\r\n");
+        }
+        if !has_date {
+            out.extend_from_slice(b"date: ");
+            write_http_date(&mut out);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        inner.status = 101;
+        inner.resp = Resp::Streaming {
+            framing: Framing::None,
+        };
+        let _ = self.tx.send(Cmd::WsAccept(out));
+        self.access_log(&inner);
+        Ok(())
+    }
+
+    /// `websocket.send`. Returns False when the caller must wait for `Drained`.
+    #[pyo3(signature = (text=None, data=None))]
+    fn ws_send(&self, text: Option<String>, data: Option<Vec<u8>>) -> bool {
+        let (n, cmd) = match (text, data) {
+            (Some(t), _) => (t.len().max(1), Cmd::WsText(t)),
+            (None, d) => {
+                let d = d.unwrap_or_default();
+                (d.len().max(1), Cmd::WsBinary(d))
+            }
+        };
+        if self.conn.closed.load(Ordering::Acquire) {
+            return true;
+        }
+        let b = self.conn.buffered.fetch_add(n, Ordering::AcqRel) + n;
+        if self.tx.send(cmd).is_err() || b <= HIGH_WATER {
+            return true;
+        }
+        self.conn.want_drain.store(true, Ordering::SeqCst);
+        if self.conn.buffered.load(Ordering::SeqCst) <= HIGH_WATER {
+            self.conn.want_drain.store(false, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    /// `websocket.close` after the accept: sends a close frame.
+    #[pyo3(signature = (code=1000, reason=String::new()))]
+    fn ws_close(&self, code: u16, reason: String) {
+        let mut inner = lock(&self.inner);
+        inner.resp = Resp::Done;
+        let _ = self.tx.send(Cmd::WsClose(code, reason));
+        self.deactivate(&mut inner);
+    }
+
+    /// `websocket.close` before the accept: the handshake is refused with 403.
+    fn ws_reject(&self) {
+        let mut inner = lock(&self.inner);
+        if !matches!(inner.resp, Resp::NotStarted) {
+            return;
+        }
+        inner.resp = Resp::Done;
+        inner.status = 403;
+        self.push(error_response(403, "Forbidden", ""));
+        let _ = self.tx.send(Cmd::End { keep_alive: false });
+        self.access_log(&inner);
+        self.deactivate(&mut inner);
     }
 
     /// The app wants the next request-body piece (the `Body` event brings it).
@@ -1297,6 +1461,10 @@ async fn serve_conn(shared: &Arc<Shared>, mut io: IoStream, peer: Peer, listener
             }
         };
         first = false;
+        if is_websocket_upgrade(&head) {
+            serve_ws(shared, io, buf, pos, head, peer, listener).await;
+            return;
+        }
         let mut dec = Decoder::new(head.body, &shared.cfg.limits);
         let expect_continue = head.expect_continue;
         let first_piece = if expect_continue || dec.is_done() {
@@ -1335,6 +1503,7 @@ async fn serve_conn(shared: &Arc<Shared>, mut io: IoStream, peer: Peer, listener
             keep_alive,
             conn: cs.clone(),
             tx,
+            websocket: false,
         })));
         let mut sent_continue = false;
         let mut disconnected = false;
@@ -1419,6 +1588,7 @@ async fn serve_conn(shared: &Arc<Shared>, mut io: IoStream, peer: Peer, listener
                 }
                 Some(Cmd::End { keep_alive }) => break Some(keep_alive),
                 Some(Cmd::Abort) => break None,
+                Some(_) => break None,
             }
         };
         // Tell the app its response is over if it still waits in receive().
@@ -1456,6 +1626,257 @@ async fn serve_conn(shared: &Arc<Shared>, mut io: IoStream, peer: Peer, listener
                 return;
             }
             _ => return,
+        }
+    }
+}
+
+// ------------------------------------------------------------------ WebSocket
+
+/// Largest WebSocket message accepted (`--websocket-max-message-size` default).
+const WS_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// How long a closing WebSocket waits for the peer's close frame.
+const WS_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+fn is_websocket_upgrade(head: &RequestHead) -> bool {
+    head.method == "GET"
+        && head.version == Version::Http11
+        && head
+            .header("upgrade")
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// A WebSocket connection: the handshake request goes to the app like an HTTP request
+/// (scope type "websocket"); after `websocket.accept` the socket is handed to
+/// tokio-tungstenite for framing.
+async fn serve_ws(
+    shared: &Arc<Shared>,
+    mut io: IoStream,
+    mut buf: Vec<u8>,
+    pos: usize,
+    head: RequestHead,
+    peer: Peer,
+    listener: usize,
+) {
+    let key_ok = head
+        .header("sec-websocket-key")
+        .is_some_and(|k| !k.is_empty());
+    let version_ok = head
+        .header("sec-websocket-version")
+        .is_some_and(|v| v.trim_ascii() == b"13");
+    if !key_ok || !version_ok {
+        let _ = io
+            .write_all(&error_response(
+                400,
+                "Bad Request",
+                "Missing or invalid Sec-WebSocket-Key or Sec-WebSocket-Version",
+            ))
+            .await;
+        close_gracefully(io).await;
+        return;
+    }
+    admit(shared);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cs = Arc::new(ConnShared::default());
+    shared.event(Event::Request(Box::new(NewRequest {
+        id,
+        head,
+        peer,
+        listener,
+        body: Vec::new(),
+        more_body: false,
+        keep_alive: false,
+        conn: cs.clone(),
+        tx,
+        websocket: true,
+    })));
+    // Until the app accepts (or refuses) the handshake.
+    let accepted = loop {
+        let cmd = tokio::select! {
+            c = rx.recv() => c,
+            r = io.read_more(&mut buf) => {
+                match r {
+                    Ok(0) | Err(_) => {
+                        cs.closed.store(true, Ordering::Release);
+                        shared.event(Event::WsClosed { id, code: 1006, reason: String::new() });
+                        return;
+                    }
+                    Ok(_) => continue,
+                }
+            }
+        };
+        match cmd {
+            Some(Cmd::Write(bytes)) => {
+                let n = bytes.len();
+                let _ = io.write_all(&bytes).await;
+                cs.buffered.fetch_sub(n, Ordering::AcqRel);
+            }
+            Some(Cmd::WsAccept(bytes)) => {
+                if io.write_all(&bytes).await.is_err() {
+                    cs.closed.store(true, Ordering::Release);
+                    shared.event(Event::WsClosed {
+                        id,
+                        code: 1006,
+                        reason: String::new(),
+                    });
+                    return;
+                }
+                break true;
+            }
+            Some(Cmd::End { .. }) | Some(Cmd::Abort) | None => break false,
+            Some(_) => {}
+        }
+    };
+    if !accepted {
+        close_gracefully(io).await;
+        return;
+    }
+    let leftover = buf.get(pos..).map(<[u8]>::to_vec).unwrap_or_default();
+    match io {
+        IoStream::Tcp(s) => run_ws(shared, s, leftover, id, &cs, rx).await,
+        IoStream::Unix(s) => run_ws(shared, s, leftover, id, &cs, rx).await,
+    }
+}
+
+async fn run_ws<S>(
+    shared: &Arc<Shared>,
+    stream: S,
+    leftover: Vec<u8>,
+    id: u64,
+    cs: &ConnShared,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(WS_MAX_MESSAGE))
+        .max_frame_size(Some(WS_MAX_MESSAGE));
+    let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(
+        stream,
+        leftover,
+        Role::Server,
+        Some(config),
+    )
+    .await;
+    let closed = |code: u16, reason: String| {
+        cs.closed.store(true, Ordering::Release);
+        shared.event(Event::WsClosed { id, code, reason });
+    };
+    let mut stop = shared.stop_tx.subscribe();
+    loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => shared.event(Event::WsMessage {
+                    id,
+                    text: Some(t.as_str().to_owned()),
+                    bytes: None,
+                }),
+                Some(Ok(Message::Binary(b))) => shared.event(Event::WsMessage {
+                    id,
+                    text: None,
+                    bytes: Some(b.to_vec()),
+                }),
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = match frame {
+                        Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),
+                        None => (1005, String::new()),
+                    };
+                    closed(code, reason);
+                    // tungstenite queued the close reply; flush it.
+                    let _ = tokio::time::timeout(WS_CLOSE_WAIT, ws.flush()).await;
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(WsError::Capacity(_))) => {
+                    let _ = tokio::time::timeout(
+                        WS_CLOSE_WAIT,
+                        ws.send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::Size,
+                            reason: "".into(),
+                        }))),
+                    )
+                    .await;
+                    closed(1009, String::new());
+                    return;
+                }
+                Some(Err(_)) | None => {
+                    closed(1006, String::new());
+                    return;
+                }
+            },
+            cmd = rx.recv() => match cmd {
+                Some(Cmd::WsText(t)) => {
+                    let n = t.len().max(1);
+                    let r = ws.send(Message::Text(t.into())).await;
+                    let left = cs.buffered.fetch_sub(n, Ordering::AcqRel) - n;
+                    if left <= HIGH_WATER && cs.want_drain.swap(false, Ordering::SeqCst) {
+                        shared.event(Event::Drained(id));
+                    }
+                    if r.is_err() {
+                        closed(1006, String::new());
+                        return;
+                    }
+                }
+                Some(Cmd::WsBinary(b)) => {
+                    let n = b.len().max(1);
+                    let r = ws.send(Message::Binary(b.into())).await;
+                    let left = cs.buffered.fetch_sub(n, Ordering::AcqRel) - n;
+                    if left <= HIGH_WATER && cs.want_drain.swap(false, Ordering::SeqCst) {
+                        shared.event(Event::Drained(id));
+                    }
+                    if r.is_err() {
+                        closed(1006, String::new());
+                        return;
+                    }
+                }
+                Some(Cmd::WsClose(code, reason)) => {
+                    let frame = CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.clone().into(),
+                    };
+                    let _ = tokio::time::timeout(WS_CLOSE_WAIT, async {
+                        if ws.send(Message::Close(Some(frame))).await.is_ok() {
+                            // Wait for the peer's close frame.
+                            while let Some(Ok(_)) = ws.next().await {}
+                        }
+                    })
+                    .await;
+                    closed(code, reason);
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    closed(1006, String::new());
+                    return;
+                }
+            },
+            _ = stop.changed() => {
+                if !*stop.borrow() {
+                    continue;
+                }
+                // Server shutdown: close 1012 (service restart), as uvicorn.
+                let _ = tokio::time::timeout(WS_CLOSE_WAIT, async {
+                    if ws
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::Restart,
+                            reason: "".into(),
+                        })))
+                        .await
+                        .is_ok()
+                    {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }
+                })
+                .await;
+                closed(1012, String::new());
+                return;
+            }
         }
     }
 }

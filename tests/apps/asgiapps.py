@@ -47,8 +47,42 @@ async def _read_body(receive):
             return body, pieces
 
 
+async def websocket(scope, receive, send):
+    path = scope["path"]
+    msg = await receive()
+    assert msg["type"] == "websocket.connect", msg
+    if path == "/ws/reject":
+        await send({"type": "websocket.close"})
+        return
+    if path == "/ws/raise":
+        raise RuntimeError("no handshake")
+    subprotocol = scope["subprotocols"][0] if scope["subprotocols"] else None
+    await send({"type": "websocket.accept", "subprotocol": subprotocol,
+                "headers": [(b"x-ws", b"yes")]})
+    if path == "/ws/scope":
+        await send({"type": "websocket.send", "text": json.dumps(_scope_view(scope))})
+    while True:
+        msg = await receive()
+        if msg["type"] == "websocket.disconnect":
+            out = os.environ.get("ASGI_TEST_OUT")
+            if out:
+                with open(out, "w") as f:
+                    json.dump({"code": msg["code"], "reason": msg.get("reason", "")}, f)
+            return
+        if msg.get("text") == "close-me":
+            await send({"type": "websocket.close", "code": 4000, "reason": "bye"})
+            return
+        if msg.get("text") is not None:
+            await send({"type": "websocket.send", "text": msg["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": msg["bytes"]})
+
+
 async def app(scope, receive, send):
     """Routes by path; no lifespan support (raises on it, like Django)."""
+    if scope["type"] == "websocket":
+        await websocket(scope, receive, send)
+        return
     if scope["type"] != "http":
         raise RuntimeError(f"unsupported scope {scope['type']}")
     path = scope["path"][len(scope["root_path"]) :]
