@@ -573,3 +573,39 @@ def test_ws_message_over_the_limit_is_1009(asgi_server):
     op, payload = c.recv_frame()
     assert op == 8
     assert _close_code(payload)[0] == 1009
+
+
+# --------------------------------------------------------------------------- FastAPI
+
+
+@pytest.fixture
+def fastapi_server(server_pool):
+    pytest.importorskip("fastapi")
+    return server_pool.get(ASGI, "asgiapps:make_fastapi()")
+
+
+def test_fastapi_routes(fastapi_server):
+    url = fastapi_server.url
+    assert httpx.get(url + "/items/5?q=x").json() == {"item_id": 5, "q": "x"}
+    r = httpx.post(url + "/items", json={"name": "a", "price": 10})
+    assert r.json() == {"name": "a", "price": 10.0, "tax": 2.0}
+    assert httpx.post(url + "/items", json={"name": "a"}).status_code == 422
+    assert httpx.get(url + "/nope").status_code == 404
+    assert httpx.get(url + "/stream").text == "line 0\nline 1\nline 2\n"
+
+
+def test_fastapi_lifespan_state(fastapi_server):
+    r = httpx.get(fastapi_server.url + "/state")
+    assert r.json() == {"greeting": "hello from lifespan"}
+    assert "Application startup complete." in fastapi_server.log()
+
+
+def test_fastapi_websocket_echo(fastapi_server):
+    c = WsClient(fastapi_server.address, "/ws", subprotocols=["chat"])
+    assert c.status == 101
+    assert c.header("sec-websocket-protocol") == "chat"
+    for text in ["one", "twö"]:
+        c.send_frame(1, text.encode())
+        assert c.recv_frame() == (1, f"echo: {text}".encode())
+    c.close(1000)
+    assert c.recv_frame()[0] == 8

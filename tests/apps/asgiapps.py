@@ -210,3 +210,59 @@ def _lifespan_app(fail=False, fail_raise=False):
 lifespan = _lifespan_app()
 lifespan_fails = _lifespan_app(fail=True)
 lifespan_raises = _lifespan_app(fail_raise=True)
+
+
+def make_fastapi():
+    """A FastAPI app (``asgiapps:make_fastapi()``): lifespan state, routes, a streamed
+    response and a WebSocket echo. Imported lazily: FastAPI is a test extra."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+    from fastapi.responses import StreamingResponse
+    from pydantic import BaseModel
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield {"greeting": "hello from lifespan"}
+
+    api = FastAPI(lifespan=lifespan)
+
+    class Item(BaseModel):
+        name: str
+        price: float
+
+    # This module uses postponed annotations: FastAPI resolves them in module globals.
+    globals().update(Item=Item, Request=Request, WebSocket=WebSocket)
+
+    @api.get("/items/{item_id}")
+    async def read_item(item_id: int, q: str | None = None):
+        return {"item_id": item_id, "q": q}
+
+    @api.post("/items")
+    async def create_item(item: Item):
+        return {"name": item.name, "price": item.price, "tax": round(item.price * 0.2, 2)}
+
+    @api.get("/state")
+    async def state(request: Request):
+        return {"greeting": request.state.greeting}
+
+    @api.get("/stream")
+    async def stream():
+        async def gen():
+            for i in range(3):
+                yield f"line {i}\n"
+                await asyncio.sleep(0.01)
+
+        return StreamingResponse(gen(), media_type="text/plain")
+
+    @api.websocket("/ws")
+    async def ws_echo(websocket: WebSocket):
+        await websocket.accept(subprotocol="chat" if websocket.scope["subprotocols"] else None)
+        try:
+            while True:
+                text = await websocket.receive_text()
+                await websocket.send_text(f"echo: {text}")
+        except WebSocketDisconnect:
+            pass
+
+    return api
