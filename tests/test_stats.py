@@ -277,3 +277,31 @@ def test_top_renders_in_a_terminal(server):
     assert "REQS" in text and f"master {srv.pid}" in text
     for w in snap["workers"]:
         assert str(w["pid"]) in text
+
+
+def test_warnings_when_the_numbers_call_for_action(server, helpers):
+    """One worker held by a 7 s request with --timeout 8: 'all busy' after 5 s, 'close
+    to the timeout' after 6 s, and connections piling up in the backlog meanwhile."""
+    srv = server(["-w", "1", "--timeout", "8"])
+    t = threading.Thread(target=lambda: srv.get("/sleep?s=7"))
+    t.start()
+    srv.wait_for_log(r"sleep-start")
+    queued = []
+    try:
+        for _ in range(8):  # one more waiting connection every half second
+            s = helpers.connect(srv.address)
+            s.sendall(b"GET /pid HTTP/1.0\r\n\r\n")
+            queued.append(s)
+            time.sleep(0.5)
+        srv.wait_for_log(r"listen backlog of http://\S+ keeps growing \(\d+ connections", 10)
+        srv.wait_for_log(r"All 1 workers have been busy for \d+ s", 10)
+        srv.wait_for_log(
+            r"Worker \(pid:\d+\) has been serving GET /sleep for \d+\.\d s, close to the 8 s "
+            r"--timeout",
+            10,
+        )
+    finally:
+        t.join()
+        for s in queued:
+            s.close()
+    assert "WORKER TIMEOUT" not in srv.log()

@@ -19,7 +19,7 @@ import time
 from types import FrameType
 from typing import Any, ClassVar
 
-from ferrocorn import _ferrocorn, daemon, proctitle, stats, systemd, upgrade
+from ferrocorn import _ferrocorn, daemon, proctitle, stats, systemd, upgrade, watch
 from ferrocorn._version import __version__
 from ferrocorn.app import import_app
 from ferrocorn.config import ConfigError, load_config
@@ -119,6 +119,7 @@ class Arbiter:
         self.board = _ferrocorn.Scoreboard(max(SCOREBOARD_MIN_SLOTS, 4 * self.num_workers))
         self.free_slots = list(range(self.board.capacity - 1, -1, -1))
         self.stats: stats.StatsProcess | None = None  # --stats-bind (stats.py)
+        self.watch = watch.Watch(self)  # warnings when the numbers call for action
 
     # Hook-facing aliases (gunicorn hooks read these).
     @property
@@ -199,6 +200,7 @@ class Arbiter:
                     self.recycle_fat_workers()
                     self.manage_workers()
                     self.check_ready()
+                    self.watch.tick()
                     continue
                 name = SIGNAMES.get(sig, str(sig))
                 handler = getattr(self, f"handle_{name}", None)
