@@ -9,6 +9,7 @@ into the loop. Each kind of warning is rate-limited.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import struct
 import time
@@ -22,6 +23,31 @@ ALL_BUSY_AFTER = 5.0
 NEAR_TIMEOUT = 0.75
 # The accept queue grew on this many consecutive ticks.
 BACKLOG_GROWTH_TICKS = 3
+# Worker memory: sampled this often; "climbing" means every one of the last
+# MEMORY_SAMPLES samples grew, by MEMORY_MIN_GROWTH in total (and 10% at least).
+MEMORY_INTERVAL = 10.0
+MEMORY_SAMPLES = 6
+MEMORY_MIN_GROWTH = 16 << 20
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_climbing(samples: list[int]) -> bool:
+    """Whether RSS samples (bytes, oldest first) show a steady climb: each one above
+    the previous over the last ``MEMORY_SAMPLES``, by at least ``MEMORY_MIN_GROWTH``
+    and 10% overall. A worker that warms up once and levels off does not qualify."""
+    last = samples[-MEMORY_SAMPLES:]
+    if len(last) < MEMORY_SAMPLES or not all(b > a for a, b in itertools.pairwise(last)):
+        return False
+    growth = last[-1] - last[0]
+    return growth >= MEMORY_MIN_GROWTH and growth >= 0.1 * last[0]
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def accept_queue(sock: socket.socket) -> int | None:
@@ -44,6 +70,8 @@ class Watch:
         self.all_busy_since: float | None = None
         self.backlog: dict[str, list[int]] = {}
         self.slow_reported: set[tuple[int, str, int]] = set()
+        self.memory: dict[int, list[int]] = {}
+        self.memory_at = 0.0
 
     def warn(self, key: str, msg: str, *args: Any) -> None:
         now = time.monotonic()
@@ -113,6 +141,30 @@ class Watch:
                 )
             live = {pid for pid, _ in snaps}
             self.slow_reported = {k for k in self.slow_reported if k[0] in live}
+
+        # A worker's memory climbing steadily.
+        if now - self.memory_at >= MEMORY_INTERVAL:
+            self.memory_at = now
+            live = {pid for pid, _ in snaps}
+            self.memory = {pid: hist for pid, hist in self.memory.items() if pid in live}
+            for pid in live:
+                rss = rss_bytes(pid)
+                if rss is None:
+                    continue
+                hist = self.memory.setdefault(pid, [])
+                hist.append(rss)
+                del hist[:-MEMORY_SAMPLES]
+                if memory_climbing(hist):
+                    self.warn(
+                        f"memory {pid}",
+                        "Worker (pid:%s) memory keeps climbing: %.0f MiB, up %.0f MiB in "
+                        "%.0f s. If it leaks, set --max-requests (with --max-requests-jitter) "
+                        "or --max-worker-memory to recycle workers.",
+                        pid,
+                        hist[-1] / 1048576,
+                        (hist[-1] - hist[0]) / 1048576,
+                        MEMORY_INTERVAL * (len(hist) - 1),
+                    )
 
         # The listen backlog keeps growing.
         for lst in arb.listeners:
