@@ -609,3 +609,47 @@ def test_fastapi_websocket_echo(fastapi_server):
         assert c.recv_frame() == (1, f"echo: {text}".encode())
     c.close(1000)
     assert c.recv_frame()[0] == 8
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+def test_forwarded_headers_from_trusted_proxy(asgi_server):
+    # The default --forwarded-allow-ips trusts 127.0.0.1, where the test client is.
+    r = asgi_server.get("/scope", headers={"X-Forwarded-Proto": "https",
+                                          "X-Forwarded-For": "203.0.113.7, 127.0.0.1"})
+    scope = r.json()
+    assert scope["scheme"] == "https"
+    assert scope["client"] == ["203.0.113.7", 0]
+
+
+def test_forwarded_headers_from_untrusted_peer_ignored(server):
+    srv = server([*ASGI, "--forwarded-allow-ips", "10.9.9.9"], "asgiapps:app")
+    scope = srv.get("/scope", headers={"X-Forwarded-Proto": "https",
+                                       "X-Forwarded-For": "203.0.113.7"}).json()
+    assert scope["scheme"] == "http"
+    assert scope["client"][0] == "127.0.0.1"
+
+
+def test_ws_http_response_denial(asgi_server, helpers):
+    raw = asgi_server.raw(b"GET /ws/deny HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          b"Sec-WebSocket-Version: 13\r\n\r\n")
+    r = helpers.final_response(raw)
+    assert r.status == 401
+    assert r.header("x-why") == "token"
+    assert r.body == b"go away"
+
+
+def test_burst_of_requests_loses_no_wakeup(asgi_server):
+    # Many small requests from many connections: events from the I/O thread race the
+    # loop's re-arming of its wake-up; a lost wake-up would leave requests hanging.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def client(n):
+        with httpx.Client(base_url=asgi_server.url, timeout=20) as c:
+            return [c.get(f"/b{n}-{i}").status_code for i in range(60)]
+
+    with ThreadPoolExecutor(32) as ex:
+        results = [s for batch in ex.map(client, range(32)) for s in batch]
+    assert results == [200] * (32 * 60)

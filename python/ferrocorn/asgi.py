@@ -206,11 +206,32 @@ class WsCycle:
             elif kind == "websocket.close":
                 self.conn.ws_reject()
                 self.state = "rejected"
+            elif kind == "websocket.http.response.start":
+                # The websocket.http.response extension: an HTTP answer instead.
+                self.conn.start(message["status"], message.get("headers", ()))
+                self.state = "responding"
             else:
                 raise RuntimeError(
-                    "Expected ASGI message 'websocket.accept' or 'websocket.close', "
-                    f"but got '{kind}'."
+                    "Expected ASGI message 'websocket.accept', 'websocket.close' or "
+                    f"'websocket.http.response.start', but got '{kind}'."
                 )
+            return
+        if self.state == "responding":
+            if kind != "websocket.http.response.body":
+                raise RuntimeError(
+                    f"Expected ASGI message 'websocket.http.response.body' but got '{kind}'."
+                )
+            body = message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            ok = self.conn.body(body if isinstance(body, bytes) else bytes(body), more)
+            if not more:
+                self.state = "rejected"
+            elif not ok and not self.conn.closed:
+                self.drain = asyncio.get_running_loop().create_future()
+                try:
+                    await self.drain
+                finally:
+                    self.drain = None
             return
         if self.state != "accepted" or self.closed_code is not None:
             raise ClientDisconnected(f"WebSocket closed; cannot send '{kind}'")
@@ -465,8 +486,8 @@ class AsgiServer:
 
     async def _ws_finish(self, ws: WsCycle, error: bool) -> None:
         conn = ws.conn
-        if ws.state == "connecting":
-            conn.end()  # no handshake answer: 500
+        if ws.state in ("connecting", "responding"):
+            conn.end()  # no handshake answer: 500 (or close a denial response cut short)
         elif ws.state == "accepted" and not ws.disconnected:
             conn.ws_close(1011 if error else 1000, "")
 

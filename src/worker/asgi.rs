@@ -41,6 +41,7 @@ use crate::net::{Listener, Peer};
 use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
 use crate::worker::sync::{drain_pipe, get, is_transient_accept_error, Options};
 use crate::worker::{Phase, PhaseCell};
+use crate::wsgi::environ::Trust;
 
 /// Request-body bytes read ahead of the app (first piece) or per `receive()` after it.
 const BODY_PIECE: usize = 64 * 1024;
@@ -66,6 +67,8 @@ struct Cfg {
     max_requests: u64,
     limits: Limits,
     root_path: String,
+    /// `forwarded_allow_ips`: peers whose X-Forwarded-Proto/-For set `scheme`/`client`.
+    trust: Trust,
 }
 
 impl Cfg {
@@ -176,7 +179,7 @@ impl Shared {
 
     fn event(&self, ev: Event) {
         lock(&self.events).push(ev);
-        if !self.notified.swap(true, Ordering::AcqRel) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
             let _ = std::io::Write::write(&mut &self.notify_w, b"!");
         }
     }
@@ -242,6 +245,7 @@ impl AsgiWorker {
             max_requests: opts.max_requests,
             limits: opts.limits,
             root_path: opts.env.script_name.clone(),
+            trust: opts.env.trust.clone(),
         };
         let mut ls = Vec::new();
         let mut servers = Vec::new();
@@ -368,8 +372,10 @@ impl AsgiWorker {
     /// body piece; `(2, id)` the client went away; `(3, id)` a connection's queue fell
     /// under the high-water mark; `(4,)` the I/O thread is done.
     fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        self.shared.notified.store(false, Ordering::Release);
+        // Drain first, then re-arm, then take: an event pushed after the re-arm writes
+        // a new wake-up byte, so none is lost (at worst one wake-up finds nothing).
         drain_pipe(self.notify_r.as_raw_fd());
+        self.shared.notified.store(false, Ordering::SeqCst);
         let evs = std::mem::take(&mut *lock(&self.shared.events));
         let out = PyList::empty(py);
         for ev in evs {
@@ -426,8 +432,11 @@ impl AsgiWorker {
                 Version::Http11 => "1.1",
             },
         )?;
+        let trusted = self.shared.cfg.trust.allows(&req.peer);
+        let proto = if trusted { forwarded_proto(head) } else { None };
+        let https = proto.is_some_and(|p| p == "https" || p == "wss");
         if req.websocket {
-            d.set_item("scheme", "ws")?;
+            d.set_item("scheme", if https { "wss" } else { "ws" })?;
             let protos: Vec<String> = head
                 .headers
                 .iter()
@@ -443,7 +452,7 @@ impl AsgiWorker {
             d.set_item("subprotocols", protos)?;
         } else {
             d.set_item("method", &head.method)?;
-            d.set_item("scheme", "http")?;
+            d.set_item("scheme", if https { "https" } else { "http" })?;
         }
         let (raw_path, query, _) = head.split_target();
         let decoded = percent_decode(raw_path);
@@ -466,9 +475,17 @@ impl AsgiWorker {
             )?)?;
         }
         d.set_item("headers", headers)?;
-        match &req.peer {
-            Peer::Tcp(addr) => d.set_item("client", (addr.ip().to_string(), addr.port()))?,
-            Peer::Unix => d.set_item("client", py.None())?,
+        let forwarded = if trusted {
+            forwarded_client(head, &self.shared.cfg.trust)
+        } else {
+            None
+        };
+        match (forwarded, &req.peer) {
+            (Some(host), _) => d.set_item("client", (host, 0))?,
+            (None, Peer::Tcp(addr)) => {
+                d.set_item("client", (addr.ip().to_string(), addr.port()))?
+            }
+            (None, Peer::Unix) => d.set_item("client", py.None())?,
         }
         match self.servers.get(req.listener).cloned().flatten() {
             Some(s) => d.set_item("server", s)?,
@@ -479,12 +496,48 @@ impl AsgiWorker {
             None => d.set_item("state", PyDict::new(py))?,
         }
         let ext = PyDict::new(py);
-        if !req.websocket {
+        if req.websocket {
+            ext.set_item("websocket.http.response", PyDict::new(py))?;
+        } else {
             ext.set_item("http.response.pathsend", PyDict::new(py))?;
         }
         d.set_item("extensions", ext)?;
         Ok(d)
     }
+}
+
+/// `X-Forwarded-Proto` when it names a known scheme (uvicorn's proxy-headers rule).
+fn forwarded_proto(head: &RequestHead) -> Option<&'static str> {
+    let v = head.header("x-forwarded-proto")?;
+    let v = String::from_utf8_lossy(v).trim().to_ascii_lowercase();
+    ["http", "https", "ws", "wss"].into_iter().find(|p| *p == v)
+}
+
+/// The client from `X-Forwarded-For`: the rightmost address that is not a trusted
+/// proxy (the leftmost when all are, or when every peer is trusted), as uvicorn.
+fn forwarded_client(head: &RequestHead, trust: &Trust) -> Option<String> {
+    let v = head.header("x-forwarded-for")?;
+    let v = String::from_utf8_lossy(v);
+    let hosts: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect();
+    let first = (*hosts.first()?).to_owned();
+    if matches!(trust, Trust::All) {
+        return Some(first);
+    }
+    for h in hosts.iter().rev() {
+        let trusted = h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| trust.allows(&Peer::Tcp(std::net::SocketAddr::new(ip, 0))));
+        if !trusted {
+            return Some((*h).to_owned());
+        }
+    }
+    Some(first)
 }
 
 /// How the response body is framed on the wire.
@@ -1691,13 +1744,21 @@ async fn serve_ws(
         tx,
         websocket: true,
     })));
-    // Until the app accepts (or refuses) the handshake.
+    // Until the app accepts (or refuses) the handshake. EOF meanwhile tells the app
+    // (1006), but an HTTP answer is still written: the client may only have
+    // half-closed.
+    let mut peer_eof = false;
     let accepted = loop {
         let cmd = tokio::select! {
             c = rx.recv() => c,
-            r = io.read_more(&mut buf) => {
+            r = io.read_more(&mut buf), if !peer_eof && buf.len() - pos < BODY_PIECE => {
                 match r {
-                    Ok(0) | Err(_) => {
+                    Ok(0) => {
+                        peer_eof = true;
+                        shared.event(Event::WsClosed { id, code: 1006, reason: String::new() });
+                        continue;
+                    }
+                    Err(_) => {
                         cs.closed.store(true, Ordering::Release);
                         shared.event(Event::WsClosed { id, code: 1006, reason: String::new() });
                         return;
@@ -1878,5 +1939,75 @@ async fn run_ws<S>(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::parse_head;
+
+    fn head(raw: &[u8]) -> RequestHead {
+        let limits = Limits::from_settings(4094, 100, 8190);
+        match parse_head(raw, &limits) {
+            Ok(Some((h, _))) => h,
+            other => panic!("unparsed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let trust =
+            Trust::parse(&["127.0.0.1".to_owned(), "10.0.0.0/8".to_owned()]).unwrap_or(Trust::All);
+        let h = head(
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: HTTPS \r\n\
+              X-Forwarded-For: 203.0.113.7, 198.51.100.1, 10.1.2.3\r\n\r\n",
+        );
+        assert_eq!(forwarded_proto(&h), Some("https"));
+        // The rightmost untrusted hop, not what the client claims further left.
+        assert_eq!(
+            forwarded_client(&h, &trust).as_deref(),
+            Some("198.51.100.1")
+        );
+        assert_eq!(
+            forwarded_client(&h, &Trust::All).as_deref(),
+            Some("203.0.113.7")
+        );
+        let h = head(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: gopher\r\n\r\n");
+        assert_eq!(forwarded_proto(&h), None);
+        assert_eq!(forwarded_client(&h, &trust), None);
+        let h = head(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1, 127.0.0.1\r\n\r\n");
+        assert_eq!(forwarded_client(&h, &trust).as_deref(), Some("10.0.0.1"));
+    }
+
+    #[test]
+    fn websocket_upgrade_detection() {
+        assert!(is_websocket_upgrade(&head(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n"
+        )));
+        assert!(!is_websocket_upgrade(&head(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n"
+        )));
+        assert!(!is_websocket_upgrade(&head(
+            b"POST /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n"
+        )));
+        assert!(!is_websocket_upgrade(&head(
+            b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n"
+        )));
+    }
+
+    #[test]
+    fn body_pieces_respect_the_window() {
+        let limits = Limits::from_settings(4094, 100, 8190);
+        let body = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nNEXT";
+        let mut dec = Decoder::new(crate::http::BodyKind::Chunked, &limits);
+        let mut pos = 0;
+        let mut out = Vec::new();
+        decode_buffered(&mut dec, body, &mut pos, &mut out, 3).unwrap_or(());
+        assert!(out.len() >= 3 && out.len() <= 5);
+        decode_buffered(&mut dec, body, &mut pos, &mut out, 1024).unwrap_or(());
+        assert_eq!(out, b"hello world");
+        assert!(dec.is_done());
+        assert_eq!(&body[pos..], b"NEXT");
     }
 }

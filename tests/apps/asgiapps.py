@@ -56,6 +56,13 @@ async def websocket(scope, receive, send):
         return
     if path == "/ws/raise":
         raise RuntimeError("no handshake")
+    if path == "/ws/deny":
+        assert "websocket.http.response" in scope["extensions"]
+        await send({"type": "websocket.http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"text/plain"), (b"x-why", b"token")]})
+        await send({"type": "websocket.http.response.body", "body": b"go ", "more_body": True})
+        await send({"type": "websocket.http.response.body", "body": b"away"})
+        return
     subprotocol = scope["subprotocols"][0] if scope["subprotocols"] else None
     await send({"type": "websocket.accept", "subprotocol": subprotocol,
                 "headers": [(b"x-ws", b"yes")]})
