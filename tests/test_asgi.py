@@ -653,3 +653,15 @@ def test_burst_of_requests_loses_no_wakeup(asgi_server):
     with ThreadPoolExecutor(32) as ex:
         results = [s for batch in ex.map(client, range(32)) for s in batch]
     assert results == [200] * (32 * 60)
+
+
+def test_ws_max_message_size_setting(server):
+    srv = server([*ASGI, "--websocket-max-message-size", "1000"], "asgiapps:app")
+    c = WsClient(srv.address, "/ws/echo")
+    c.send_frame(2, b"a" * 1000)
+    assert c.recv_frame() == (2, b"a" * 1000)
+    c.send_frame(1, b"ab" * 300, fin=False)  # fragments add up past the limit
+    c.send_frame(0, b"cd" * 300)
+    op, payload = c.recv_frame()
+    assert op == 8
+    assert _close_code(payload)[0] == 1009

@@ -366,6 +366,7 @@ class AsgiServer:
             worker_connections=int(self.cfg.worker_connections),
             keepalive=float(self.cfg.keepalive),
             graceful_timeout=float(self.cfg.graceful_timeout),
+            websocket_max_message_size=int(self.cfg.websocket_max_message_size),
         )
         asgi = {"version": self.version, "spec_version": "2.3"}
         self.core = _ferrocorn.AsgiWorker(

@@ -668,8 +668,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "websocket_max_message_size", WORKERS, ("--websocket-max-message-size",), 16777216,
-        validate_uint, "Largest WebSocket message accepted, in bytes.",
-        meta="INT", status=NOT_YET,
+        validate_uint,
+        "Largest WebSocket message accepted, in bytes (asgi worker); larger ones close 1009.",
+        meta="INT",
     ),
     Setting(
         "http_parser", WORKERS, ("--http-parser",), "auto", choice("auto", "fast", "python"),

@@ -69,6 +69,8 @@ struct Cfg {
     root_path: String,
     /// `forwarded_allow_ips`: peers whose X-Forwarded-Proto/-For set `scheme`/`client`.
     trust: Trust,
+    /// `--websocket-max-message-size` (0: the default).
+    ws_max_message: usize,
 }
 
 impl Cfg {
@@ -246,6 +248,10 @@ impl AsgiWorker {
             limits: opts.limits,
             root_path: opts.env.script_name.clone(),
             trust: opts.env.trust.clone(),
+            ws_max_message: match options.get_item("websocket_max_message_size")? {
+                Some(v) => v.extract::<usize>()?,
+                None => WS_MAX_MESSAGE,
+            },
         };
         let mut ls = Vec::new();
         let mut servers = Vec::new();
@@ -1685,7 +1691,7 @@ async fn serve_conn(shared: &Arc<Shared>, mut io: IoStream, peer: Peer, listener
 
 // ------------------------------------------------------------------ WebSocket
 
-/// Largest WebSocket message accepted (`--websocket-max-message-size` default).
+/// Largest WebSocket message accepted by default (`--websocket-max-message-size`).
 const WS_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// How long a closing WebSocket waits for the peer's close frame.
@@ -1815,9 +1821,13 @@ async fn run_ws<S>(
     use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
     use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+    let max = match shared.cfg.ws_max_message {
+        0 => WS_MAX_MESSAGE,
+        n => n,
+    };
     let config = WebSocketConfig::default()
-        .max_message_size(Some(WS_MAX_MESSAGE))
-        .max_frame_size(Some(WS_MAX_MESSAGE));
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
     let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(
         stream,
         leftover,
