@@ -17,17 +17,16 @@
 //!   enough (the `Drained` event).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{pthread_sigmask, SigmaskHow};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::http::parse::is_tchar;
@@ -39,6 +38,9 @@ use crate::http::{
 use crate::log::{AccessLog, Record};
 use crate::net::{Listener, Peer};
 use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
+use crate::worker::aio::{
+    block_async_signals, close_gracefully, compact, sleep_until_opt, IoListener, IoStream,
+};
 use crate::worker::sync::{drain_pipe, get, is_transient_accept_error, Options};
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::Trust;
@@ -49,9 +51,6 @@ const BODY_PIECE: usize = 64 * 1024;
 /// Most response bytes a connection may have queued for the I/O thread before
 /// `send()` waits.
 const HIGH_WATER: usize = 64 * 1024;
-
-/// How long a closing connection may take to flush before it is dropped.
-const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -1113,27 +1112,6 @@ impl Drop for Conn {
     }
 }
 
-/// Blocks the asynchronous signals in the calling thread (so the I/O thread started
-/// next inherits the mask and every signal reaches the loop thread); returns the old mask.
-fn block_async_signals() -> Option<SigSet> {
-    let mut set = SigSet::all();
-    for s in [
-        Signal::SIGSEGV,
-        Signal::SIGBUS,
-        Signal::SIGFPE,
-        Signal::SIGILL,
-        Signal::SIGTRAP,
-        Signal::SIGSYS,
-    ] {
-        set.remove(s);
-    }
-    let mut old = SigSet::empty();
-    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).ok()?;
-    Some(old)
-}
-
-// ------------------------------------------------------------------ I/O thread
-
 fn io_thread(shared: Arc<Shared>, listeners: Vec<Listener>) {
     match tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -1155,15 +1133,7 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<Listener>) {
     let hb = tokio::spawn(io_heartbeat(shared.clone()));
     let mut accepting = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
-        // SAFETY: the descriptor is the listener's own dup, owned by `RawListener`, which
-        // the `AsyncFd` owns for its whole life; `as_raw_fd` always returns it.
-        let fd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                RawListener(l),
-                tokio::io::Interest::READABLE,
-            )
-        };
-        match fd.map_err(io::Error::from) {
+        match IoListener::new(l) {
             Ok(fd) => accepting.push(tokio::spawn(accept_loop(
                 shared.clone(),
                 Arc::new(fd),
@@ -1203,21 +1173,7 @@ async fn io_heartbeat(shared: Arc<Shared>) {
     }
 }
 
-#[derive(Debug)]
-struct RawListener(Listener);
-
-impl AsRawFd for RawListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-async fn accept_loop(
-    shared: Arc<Shared>,
-    l: Arc<tokio::io::unix::AsyncFd<RawListener>>,
-    index: usize,
-    conns: Arc<Semaphore>,
-) {
+async fn accept_loop(shared: Arc<Shared>, l: Arc<IoListener>, index: usize, conns: Arc<Semaphore>) {
     let mut stop = shared.stop_tx.subscribe();
     loop {
         if *stop.borrow() {
@@ -1231,7 +1187,7 @@ async fn accept_loop(
             _ = stop.wait_for(|s| *s) => return,
         };
         let accepted = tokio::select! {
-            r = accept_one(&l) => r,
+            r = l.accept(|| Duration::ZERO) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         match accepted {
@@ -1250,108 +1206,6 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-async fn accept_one(l: &tokio::io::unix::AsyncFd<RawListener>) -> io::Result<(IoStream, Peer)> {
-    loop {
-        let mut ready = l.readable().await?;
-        match ready.try_io(|l| accept_now(&l.get_ref().0)) {
-            Ok(r) => return r,
-            Err(_would_block) => continue,
-        }
-    }
-}
-
-fn accept_now(l: &Listener) -> io::Result<(IoStream, Peer)> {
-    match l {
-        Listener::Tcp(l, _) => {
-            let (s, addr) = l.accept()?;
-            s.set_nonblocking(true)?;
-            s.set_nodelay(true)?;
-            Ok((
-                IoStream::Tcp(tokio::net::TcpStream::from_std(s)?),
-                Peer::Tcp(addr),
-            ))
-        }
-        Listener::Unix(l) => {
-            let (s, _) = l.accept()?;
-            s.set_nonblocking(true)?;
-            Ok((
-                IoStream::Unix(tokio::net::UnixStream::from_std(s)?),
-                Peer::Unix,
-            ))
-        }
-    }
-}
-
-#[derive(Debug)]
-enum IoStream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-impl IoStream {
-    async fn read_more(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(8192);
-        }
-        match self {
-            IoStream::Tcp(s) => s.read_buf(buf).await,
-            IoStream::Unix(s) => s.read_buf(buf).await,
-        }
-    }
-
-    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            IoStream::Tcp(s) => s.write_all(bytes).await,
-            IoStream::Unix(s) => s.write_all(bytes).await,
-        }
-    }
-
-    async fn shutdown(&mut self) -> io::Result<()> {
-        match self {
-            IoStream::Tcp(s) => s.shutdown().await,
-            IoStream::Unix(s) => s.shutdown().await,
-        }
-    }
-}
-
-async fn close_gracefully(mut io: IoStream) {
-    if io.shutdown().await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        let mut sink = Vec::with_capacity(8192);
-        let mut drained = 0usize;
-        while drained < 64 * 1024 {
-            sink.clear();
-            match io.read_more(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
-    })
-    .await;
-}
-
-fn compact(buf: &mut Vec<u8>, pos: &mut usize) {
-    if *pos == 0 {
-        return;
-    }
-    if *pos >= buf.len() {
-        buf.clear();
-        *pos = 0;
-    } else if *pos * 2 >= buf.len() {
-        buf.drain(..*pos);
-        *pos = 0;
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -26,17 +26,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{pthread_sigmask, SigmaskHow};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::http::response::error_response;
 use crate::http::{Decoder, HeadParser, HttpError, Limits, RequestHead};
-use crate::net::{Listener, Peer, Stream};
+use crate::net::{Listener, Peer};
 use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
+use crate::worker::aio::{
+    block_async_signals, close_gracefully, compact, sleep_until_opt, IoListener, IoStream,
+};
 use crate::worker::sync::{drain_pipe, get, is_transient_accept_error, micros_since, Options};
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::{EnvironBuilder, ListenerInfo};
@@ -50,10 +52,6 @@ const PREREAD_MAX: usize = 64 * 1024;
 
 /// How long the main thread sleeps between looks at slow requests and the parent pid.
 const MAIN_TICK_MS: u16 = 1000;
-
-/// How long a closing connection may take to send what is left in flight before we
-/// drop it (see [`Stream::close_gracefully`]).
-const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 /// Settings of one gthread worker.
 #[derive(Debug, Clone)]
@@ -547,24 +545,6 @@ impl GthreadWorker {
     }
 }
 
-/// Blocks the asynchronous signals in the calling thread; returns the old mask.
-fn block_async_signals() -> Option<SigSet> {
-    let mut set = SigSet::all();
-    for s in [
-        Signal::SIGSEGV,
-        Signal::SIGBUS,
-        Signal::SIGFPE,
-        Signal::SIGILL,
-        Signal::SIGTRAP,
-        Signal::SIGSYS,
-    ] {
-        set.remove(s);
-    }
-    let mut old = SigSet::empty();
-    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).ok()?;
-    Some(old)
-}
-
 /// Waits (GIL released) for the signal wake-up pipe or the event socket.
 fn wait_main(py: Python<'_>, wake_fd: RawFd, notify: BorrowedFd<'_>) -> PyResult<(bool, bool)> {
     let res = py.detach(|| {
@@ -1017,29 +997,8 @@ enum HeadRead {
     TimedOut,
 }
 
-/// Drops consumed bytes from the front of the buffer when that frees at least half.
-fn compact(buf: &mut Vec<u8>, pos: &mut usize) {
-    if *pos == 0 {
-        return;
-    }
-    if *pos >= buf.len() {
-        buf.clear();
-        *pos = 0;
-    } else if *pos * 2 >= buf.len() {
-        buf.drain(..*pos);
-        *pos = 0;
-    }
-}
-
 fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
     Some(a.map_or(b, |a| a.min(b)))
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Reads one request head. A fresh connection gets `--timeout` for its first byte; a
@@ -1197,101 +1156,6 @@ async fn write_quietly(io: &mut IoStream, bytes: &[u8], timeout: Option<Duration
     let _ = tokio::time::timeout(t, io.write_all(bytes)).await;
 }
 
-/// Half-closes, then reads and drops what the client still sends for a moment, so the
-/// kernel does not answer late bytes with a RST that could destroy the response.
-async fn close_gracefully(mut io: IoStream) {
-    if io.shutdown().await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        let mut sink = vec![0u8; 8192];
-        let mut drained = 0usize;
-        while drained < 64 * 1024 {
-            match io.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
-    })
-    .await;
-}
-
-/// A listener registered with the I/O runtime. Readiness comes from the runtime; the
-/// accept itself is a plain non-blocking `accept(2)`, so the loop can wait between the
-/// two (see [`accept_delay`]).
-#[derive(Debug)]
-struct IoListener(tokio::io::unix::AsyncFd<RawListener>);
-
-/// [`Listener`] as `AsyncFd` wants it.
-#[derive(Debug)]
-struct RawListener(Listener);
-
-impl AsRawFd for RawListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-impl IoListener {
-    fn new(l: Listener) -> io::Result<IoListener> {
-        // SAFETY: the descriptor is the listener's own dup, owned by `RawListener`,
-        // which the `AsyncFd` owns for its whole life; `as_raw_fd` always returns it.
-        let fd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                RawListener(l),
-                tokio::io::Interest::READABLE,
-            )
-        };
-        Ok(IoListener(fd.map_err(io::Error::from)?))
-    }
-
-    /// Accepts a connection, first waiting `delay()` once the listener turns readable.
-    async fn accept(&self, delay: impl Fn() -> Duration) -> io::Result<(IoStream, Peer)> {
-        loop {
-            let mut ready = self.0.readable().await?;
-            let d = delay();
-            if !d.is_zero() {
-                tokio::time::sleep(d).await;
-            }
-            match ready.try_io(|l| accept_now(&l.get_ref().0)) {
-                Ok(r) => return r,
-                // Another worker took it: wait for the next one.
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    /// Accepts a connection already queued, if any, without waiting.
-    fn try_accept(&self) -> io::Result<(IoStream, Peer)> {
-        accept_now(&self.0.get_ref().0)
-    }
-
-    fn queued(&self) -> Option<u32> {
-        self.0.get_ref().0.queued()
-    }
-}
-
-fn accept_now(l: &Listener) -> io::Result<(IoStream, Peer)> {
-    match l {
-        Listener::Tcp(l, _) => {
-            let (s, addr) = l.accept()?;
-            s.set_nonblocking(true)?;
-            Ok((
-                IoStream::Tcp(tokio::net::TcpStream::from_std(s)?),
-                Peer::Tcp(addr),
-            ))
-        }
-        Listener::Unix(l) => {
-            let (s, _) = l.accept()?;
-            s.set_nonblocking(true)?;
-            Ok((
-                IoStream::Unix(tokio::net::UnixStream::from_std(s)?),
-                Peer::Unix,
-            ))
-        }
-    }
-}
-
 /// Accept balancing. Every worker's loop is woken for each new connection (the
 /// listening sockets are shared), and without help the first one to run takes a whole
 /// burst: a load generator's or a proxy's pool of keep-alive connections then lands
@@ -1312,100 +1176,6 @@ fn accept_delay(open: usize, least_other: Option<usize>, threads: usize) -> Dura
     }
     let steps = u32::try_from(((open - other) / threads).clamp(1, 10)).unwrap_or(10);
     Duration::from_micros(500) * steps
-}
-
-/// A client connection while the I/O thread owns it.
-#[derive(Debug)]
-enum IoStream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-impl IoStream {
-    /// Per-connection set-up: TCP_NODELAY (responses are written whole) and the
-    /// socket timeouts that bound the Python thread's blocking reads and writes.
-    fn prepare(&self, timeout: Option<Duration>) -> io::Result<()> {
-        let tv = match timeout {
-            Some(t) => nix::sys::time::TimeVal::new(
-                libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-                libc::suseconds_t::from(t.subsec_micros()),
-            ),
-            None => nix::sys::time::TimeVal::new(0, 0),
-        };
-        let fd = match self {
-            IoStream::Tcp(s) => {
-                s.set_nodelay(true)?;
-                s.as_fd()
-            }
-            IoStream::Unix(s) => s.as_fd(),
-        };
-        use nix::sys::socket::{setsockopt, sockopt};
-        setsockopt(&fd, sockopt::ReceiveTimeout, &tv)?;
-        setsockopt(&fd, sockopt::SendTimeout, &tv)?;
-        Ok(())
-    }
-
-    async fn read_more(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
-        }
-        match self {
-            IoStream::Tcp(s) => s.read_buf(buf).await,
-            IoStream::Unix(s) => s.read_buf(buf).await,
-        }
-    }
-
-    async fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        match self {
-            IoStream::Tcp(s) => s.read(out).await,
-            IoStream::Unix(s) => s.read(out).await,
-        }
-    }
-
-    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            IoStream::Tcp(s) => s.write_all(bytes).await,
-            IoStream::Unix(s) => s.write_all(bytes).await,
-        }
-    }
-
-    async fn shutdown(&mut self) -> io::Result<()> {
-        match self {
-            IoStream::Tcp(s) => s.shutdown().await,
-            IoStream::Unix(s) => s.shutdown().await,
-        }
-    }
-
-    /// Leaves the runtime: a blocking socket for a Python thread.
-    fn into_std(self) -> io::Result<Stream> {
-        match self {
-            IoStream::Tcp(s) => {
-                let s = s.into_std()?;
-                s.set_nonblocking(false)?;
-                Ok(Stream::Tcp(s))
-            }
-            IoStream::Unix(s) => {
-                let s = s.into_std()?;
-                s.set_nonblocking(false)?;
-                Ok(Stream::Unix(s))
-            }
-        }
-    }
-
-    /// Comes back to the runtime after a request.
-    fn from_std(s: Stream) -> io::Result<IoStream> {
-        match s {
-            Stream::Tcp(s) => {
-                s.set_nonblocking(true)?;
-                Ok(IoStream::Tcp(tokio::net::TcpStream::from_std(s)?))
-            }
-            Stream::Unix(s) => {
-                s.set_nonblocking(true)?;
-                Ok(IoStream::Unix(tokio::net::UnixStream::from_std(s)?))
-            }
-            Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! [`Phase`] held in an atomic, so a Python signal handler can move it from `Serving`
 //! to `Draining` while the Rust loop is running.
 
+pub mod aio;
 pub mod asgi;
 pub mod gthread;
 pub mod sync;

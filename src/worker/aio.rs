@@ -1,0 +1,246 @@
+//! The async I/O pieces the gthread and asgi workers share: listeners registered
+//! with a tokio runtime, accepted streams (TCP or Unix) and their hand-off to blocking
+//! Python threads and back, graceful close, the read-buffer compaction, and the signal
+//! mask that keeps the I/O thread out of Python's signal handling.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::net::{Listener, Peer, Stream};
+
+/// How long a closing connection is drained before the socket is closed.
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+/// Blocks the asynchronous signals in the calling thread; returns the old mask.
+pub(crate) fn block_async_signals() -> Option<SigSet> {
+    let mut set = SigSet::all();
+    for s in [
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGFPE,
+        Signal::SIGILL,
+        Signal::SIGTRAP,
+        Signal::SIGSYS,
+    ] {
+        set.remove(s);
+    }
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).ok()?;
+    Some(old)
+}
+
+/// Drops consumed bytes from the front of the buffer when that frees at least half.
+pub(crate) fn compact(buf: &mut Vec<u8>, pos: &mut usize) {
+    if *pos == 0 {
+        return;
+    }
+    if *pos >= buf.len() {
+        buf.clear();
+        *pos = 0;
+    } else if *pos * 2 >= buf.len() {
+        buf.drain(..*pos);
+        *pos = 0;
+    }
+}
+
+pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Half-closes, then reads and drops what the client still sends for a moment, so the
+/// kernel does not answer late bytes with a RST that could destroy the response.
+pub(crate) async fn close_gracefully(mut io: IoStream) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let mut sink = vec![0u8; 8192];
+        let mut drained = 0usize;
+        while drained < 64 * 1024 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// A listener registered with the I/O runtime. Readiness comes from the runtime; the
+/// accept itself is a plain non-blocking `accept(2)`, so the loop can wait between the
+/// two (see [`accept_delay`]).
+#[derive(Debug)]
+pub(crate) struct IoListener(tokio::io::unix::AsyncFd<RawListener>);
+
+/// [`Listener`] as `AsyncFd` wants it.
+#[derive(Debug)]
+struct RawListener(Listener);
+
+impl AsRawFd for RawListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl IoListener {
+    pub(crate) fn new(l: Listener) -> io::Result<IoListener> {
+        // SAFETY: the descriptor is the listener's own dup, owned by `RawListener`,
+        // which the `AsyncFd` owns for its whole life; `as_raw_fd` always returns it.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                RawListener(l),
+                tokio::io::Interest::READABLE,
+            )
+        };
+        Ok(IoListener(fd.map_err(io::Error::from)?))
+    }
+
+    /// Accepts a connection, first waiting `delay()` once the listener turns readable.
+    pub(crate) async fn accept(
+        &self,
+        delay: impl Fn() -> Duration,
+    ) -> io::Result<(IoStream, Peer)> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            let d = delay();
+            if !d.is_zero() {
+                tokio::time::sleep(d).await;
+            }
+            match ready.try_io(|l| accept_now(&l.get_ref().0)) {
+                Ok(r) => return r,
+                // Another worker took it: wait for the next one.
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Accepts a connection already queued, if any, without waiting.
+    pub(crate) fn try_accept(&self) -> io::Result<(IoStream, Peer)> {
+        accept_now(&self.0.get_ref().0)
+    }
+
+    pub(crate) fn queued(&self) -> Option<u32> {
+        self.0.get_ref().0.queued()
+    }
+}
+
+pub(crate) fn accept_now(l: &Listener) -> io::Result<(IoStream, Peer)> {
+    match l {
+        Listener::Tcp(l, _) => {
+            let (s, addr) = l.accept()?;
+            s.set_nonblocking(true)?;
+            // Responses are written whole, so Nagle only delays the last segment.
+            s.set_nodelay(true)?;
+            Ok((
+                IoStream::Tcp(tokio::net::TcpStream::from_std(s)?),
+                Peer::Tcp(addr),
+            ))
+        }
+        Listener::Unix(l) => {
+            let (s, _) = l.accept()?;
+            s.set_nonblocking(true)?;
+            Ok((
+                IoStream::Unix(tokio::net::UnixStream::from_std(s)?),
+                Peer::Unix,
+            ))
+        }
+    }
+}
+
+/// A client connection while the I/O thread owns it.
+#[derive(Debug)]
+pub(crate) enum IoStream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl IoStream {
+    /// Per-connection set-up: TCP_NODELAY (responses are written whole) and the
+    /// socket timeouts that bound the Python thread's blocking reads and writes.
+    pub(crate) fn prepare(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let tv = match timeout {
+            Some(t) => nix::sys::time::TimeVal::new(
+                libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+                libc::suseconds_t::from(t.subsec_micros()),
+            ),
+            None => nix::sys::time::TimeVal::new(0, 0),
+        };
+        let fd = match self {
+            IoStream::Tcp(s) => s.as_fd(),
+            IoStream::Unix(s) => s.as_fd(),
+        };
+        use nix::sys::socket::{setsockopt, sockopt};
+        setsockopt(&fd, sockopt::ReceiveTimeout, &tv)?;
+        setsockopt(&fd, sockopt::SendTimeout, &tv)?;
+        Ok(())
+    }
+
+    pub(crate) async fn read_more(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        match self {
+            IoStream::Tcp(s) => s.read_buf(buf).await,
+            IoStream::Unix(s) => s.read_buf(buf).await,
+        }
+    }
+
+    pub(crate) async fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            IoStream::Tcp(s) => s.read(out).await,
+            IoStream::Unix(s) => s.read(out).await,
+        }
+    }
+
+    pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            IoStream::Tcp(s) => s.write_all(bytes).await,
+            IoStream::Unix(s) => s.write_all(bytes).await,
+        }
+    }
+
+    pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            IoStream::Tcp(s) => s.shutdown().await,
+            IoStream::Unix(s) => s.shutdown().await,
+        }
+    }
+
+    /// Leaves the runtime: a blocking socket for a Python thread.
+    pub(crate) fn into_std(self) -> io::Result<Stream> {
+        match self {
+            IoStream::Tcp(s) => {
+                let s = s.into_std()?;
+                s.set_nonblocking(false)?;
+                Ok(Stream::Tcp(s))
+            }
+            IoStream::Unix(s) => {
+                let s = s.into_std()?;
+                s.set_nonblocking(false)?;
+                Ok(Stream::Unix(s))
+            }
+        }
+    }
+
+    /// Comes back to the runtime after a request.
+    pub(crate) fn from_std(s: Stream) -> io::Result<IoStream> {
+        match s {
+            Stream::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                Ok(IoStream::Tcp(tokio::net::TcpStream::from_std(s)?))
+            }
+            Stream::Unix(s) => {
+                s.set_nonblocking(true)?;
+                Ok(IoStream::Unix(tokio::net::UnixStream::from_std(s)?))
+            }
+            Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
