@@ -41,7 +41,9 @@ use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
 use crate::worker::aio::{
     block_async_signals, close_gracefully, compact, sleep_until_opt, IoListener, IoStream,
 };
-use crate::worker::sync::{drain_pipe, get, is_transient_accept_error, Options};
+use crate::worker::sync::{
+    drain_pipe, get, inherited_listeners, is_transient_accept_error, Options,
+};
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::Trust;
 
@@ -254,10 +256,7 @@ impl AsgiWorker {
         };
         let mut ls = Vec::new();
         let mut servers = Vec::new();
-        for item in listeners.iter() {
-            let (fd, is_unix): (RawFd, bool) = item.extract()?;
-            let l = Listener::from_inherited(fd, is_unix)
-                .map_err(|e| PyOSError::new_err(format!("listener fd {fd}: {e}")))?;
+        for l in inherited_listeners(listeners)? {
             servers.push(match &l {
                 Listener::Tcp(_, addr) => Some((addr.ip().to_string(), addr.port())),
                 Listener::Unix(_) => None,

@@ -39,11 +39,14 @@ use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
 use crate::worker::aio::{
     block_async_signals, close_gracefully, compact, sleep_until_opt, IoListener, IoStream,
 };
-use crate::worker::sync::{drain_pipe, get, is_transient_accept_error, micros_since, Options};
+use crate::worker::sync::{
+    drain_pipe, get, hooks_from, inherited_listeners, is_transient_accept_error, micros_since,
+    Options,
+};
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::{EnvironBuilder, ListenerInfo};
 use crate::wsgi::io::Conn;
-use crate::wsgi::{Handler, Hooks, Outcome};
+use crate::wsgi::{Handler, Outcome};
 
 /// Bodies up to this size (Content-Length or chunked) are read whole by the I/O
 /// thread before the request is queued, so a slow uploader of a small body never holds
@@ -241,19 +244,6 @@ pub struct GthreadWorker {
     log: Py<PyAny>,
 }
 
-fn hooks_from(hooks: Option<&Bound<'_, PyDict>>) -> PyResult<Option<Hooks>> {
-    Ok(match hooks {
-        Some(h) => Some(Hooks {
-            worker: get(h, "worker")?,
-            pre: get(h, "pre_request")?,
-            post: get(h, "post_request")?,
-            make_request: get(h, "make_request")?,
-            make_response: get(h, "make_response")?,
-        }),
-        None => None,
-    })
-}
-
 fn get_or<'py, T: pyo3::conversion::FromPyObjectOwned<'py>>(
     d: &Bound<'py, PyDict>,
     key: &str,
@@ -324,10 +314,7 @@ impl GthreadWorker {
         }
         let cfg = cfg.ok_or_else(|| PyValueError::new_err("threads must be positive"))?;
         let mut ls = Vec::new();
-        for item in listeners.iter() {
-            let (fd, is_unix): (RawFd, bool) = item.extract()?;
-            let l = Listener::from_inherited(fd, is_unix)
-                .map_err(|e| PyOSError::new_err(format!("listener fd {fd}: {e}")))?;
+        for l in inherited_listeners(listeners)? {
             let info = ListenerInfo {
                 server: l.server_name_port(),
             };

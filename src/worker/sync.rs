@@ -62,6 +62,32 @@ pub(crate) fn get<'py, T: FromPyObjectOwned<'py>>(
 
 use pyo3::conversion::FromPyObjectOwned;
 
+/// The request hooks dict built by `Worker.hooks()` (None when no hook is set).
+pub(crate) fn hooks_from(hooks: Option<&Bound<'_, PyDict>>) -> PyResult<Option<Hooks>> {
+    Ok(match hooks {
+        Some(h) => Some(Hooks {
+            worker: get(h, "worker")?,
+            pre: get(h, "pre_request")?,
+            post: get(h, "post_request")?,
+            make_request: get(h, "make_request")?,
+            make_response: get(h, "make_response")?,
+        }),
+        None => None,
+    })
+}
+
+/// Wraps the `(fd, is_unix)` pairs the Python worker passes in.
+pub(crate) fn inherited_listeners(listeners: &Bound<'_, PyList>) -> PyResult<Vec<Listener>> {
+    listeners
+        .iter()
+        .map(|item| {
+            let (fd, is_unix): (RawFd, bool) = item.extract()?;
+            Listener::from_inherited(fd, is_unix)
+                .map_err(|e| PyOSError::new_err(format!("listener fd {fd}: {e}")))
+        })
+        .collect()
+}
+
 impl Options {
     pub(crate) fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<Options> {
         let timeout: f64 = get(d, "timeout")?;
@@ -148,22 +174,10 @@ impl SyncWorker {
         slot: usize,
         hooks: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let hooks = match hooks {
-            Some(h) => Some(Hooks {
-                worker: get(h, "worker")?,
-                pre: get(h, "pre_request")?,
-                post: get(h, "post_request")?,
-                make_request: get(h, "make_request")?,
-                make_response: get(h, "make_response")?,
-            }),
-            None => None,
-        };
+        let hooks = hooks_from(hooks)?;
         let opts = Options::from_dict(options)?;
         let mut ls = Vec::new();
-        for item in listeners.iter() {
-            let (fd, is_unix): (RawFd, bool) = item.extract()?;
-            let l = Listener::from_inherited(fd, is_unix)
-                .map_err(|e| PyOSError::new_err(format!("listener fd {fd}: {e}")))?;
+        for l in inherited_listeners(listeners)? {
             let info = ListenerInfo {
                 server: l.server_name_port(),
             };
