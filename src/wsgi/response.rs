@@ -205,6 +205,21 @@ impl Response {
         Ok(())
     }
 
+    /// Takes the right to write the head; fails when the sync worker's timeout
+    /// watchdog already answered this request.
+    fn claim_head(&self) -> PyResult<()> {
+        if self
+            .head_claim
+            .as_ref()
+            .is_some_and(|c| c.swap(true, Ordering::AcqRel))
+        {
+            return Err(PyOSError::new_err(
+                "the timeout watchdog already answered this request",
+            ));
+        }
+        Ok(())
+    }
+
     fn body_allowed(&self) -> bool {
         !(self.is_head
             || (100..200).contains(&self.status_code)
@@ -280,15 +295,7 @@ impl Response {
                 ))
             }
             Phase::Ready => {
-                if self
-                    .head_claim
-                    .as_ref()
-                    .is_some_and(|c| c.swap(true, Ordering::AcqRel))
-                {
-                    return Err(PyOSError::new_err(
-                        "the timeout watchdog already answered this request",
-                    ));
-                }
+                self.claim_head()?;
                 let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
                 let (h, framing) = self.build_head(is_final.then_some(total));
                 head = h;
@@ -385,15 +392,7 @@ impl Response {
     /// so the caller can wrap the file bytes in a chunk if needed.
     pub fn send_head_for_file(&mut self, py: Python<'_>, count: u64) -> PyResult<Framing> {
         if self.phase == Phase::Ready {
-            if self
-                .head_claim
-                .as_ref()
-                .is_some_and(|c| c.swap(true, Ordering::AcqRel))
-            {
-                return Err(PyOSError::new_err(
-                    "the timeout watchdog already answered this request",
-                ));
-            }
+            self.claim_head()?;
             let (head, framing) = self.build_head(Some(count));
             self.phase = Phase::Sent(framing);
             let conn = upgrade(&self.conn)?;
