@@ -289,14 +289,30 @@ def test_winch_ignored_when_not_daemonized(server):
     assert srv.worker_pids() == workers
 
 
+@pytest.fixture
+def nobody_apps(helpers):
+    """procapp.py in a directory the unprivileged worker user can read: the checkout
+    itself may sit under a private directory (mktemp -d makes them 0700)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="ferrocorn-nobody-"))
+    d.chmod(0o755)
+    shutil.copy(helpers.apps_dir / "procapp.py", d / "procapp.py")
+    (d / "procapp.py").chmod(0o644)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @needs_root
-def test_user_and_group(server, helpers):
+def test_user_and_group(server, helpers, nobody_apps):
     import grp
     import pwd
 
     uid = pwd.getpwnam("nobody").pw_uid
     gid = grp.getgrnam("nogroup").gr_gid
-    srv = server(["--workers", "2", "-u", "nobody", "-g", "nogroup"], "procapp:app")
+    srv = server(["--workers", "2", "-u", "nobody", "-g", "nogroup"], "procapp:app",
+                 cwd=nobody_apps)
     info = fields(srv.get("/whoami"))
     assert (int(info["uid"]), int(info["euid"])) == (uid, uid)
     assert (int(info["gid"]), int(info["egid"])) == (gid, gid)
@@ -310,26 +326,27 @@ def test_user_and_group(server, helpers):
 
 
 @needs_root
-def test_initgroups(server):
+def test_initgroups(server, nobody_apps):
     import grp
     import pwd
 
     user = pwd.getpwnam("nobody")
     gid = grp.getgrnam("nogroup").gr_gid
-    srv = server(["-u", "nobody", "-g", "nogroup", "--initgroups"], "procapp:app")
+    srv = server(["-u", "nobody", "-g", "nogroup", "--initgroups"], "procapp:app",
+                 cwd=nobody_apps)
     info = fields(srv.get("/whoami"))
     assert sorted(int(g) for g in info["groups"].split(",")) == sorted(
         set(os.getgrouplist(user.pw_name, gid)))
 
 
 @needs_root
-def test_unix_socket_owner_and_umask(server, tmp_path):
+def test_unix_socket_owner_and_umask(server, tmp_path, nobody_apps):
     import pwd
 
     path = str(tmp_path / "owned.sock")
     os.chmod(tmp_path, 0o755)
     srv = server(["-b", f"unix:{path}", "-u", "nobody", "-g", "nogroup", "-m", "077"],
-                 "procapp:app")
+                 "procapp:app", cwd=nobody_apps)
     st = os.stat(path)
     assert st.st_uid == pwd.getpwnam("nobody").pw_uid
     assert st.st_mode & 0o777 == 0o700
