@@ -164,6 +164,7 @@ def test_prometheus_output_parses(server):
         "ferrocorn_worker_state",
         "ferrocorn_request_duration_seconds",
         "ferrocorn_worker_rss_bytes",
+        "ferrocorn_worker_cpu_wait_seconds",
         "ferrocorn_listen_backlog",
     ):
         assert name in families, sorted(families)

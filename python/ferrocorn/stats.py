@@ -71,6 +71,26 @@ def proc_cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def proc_run_delay_seconds(pid: int) -> float | None:
+    """Time ``pid``'s threads spent runnable but waiting for a CPU (the run queue), in
+    seconds: field 2 of /proc/PID/task/TID/schedstat, summed over the live threads
+    (/proc/PID/schedstat alone covers only the main thread)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    seen = False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+            seen = True
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just exited
+    return total / 1e9 if seen else None
+
+
 def socket_inode(fd: int) -> int | None:
     try:
         return os.fstat(fd).st_ino
@@ -219,6 +239,7 @@ class Collector:
                     "busy_seconds": snap["busy_seconds"],
                     "cpu_seconds": cpu,
                     "cpu_percent": None if cpu_pct is None else round(cpu_pct, 1),
+                    "cpu_wait_seconds": proc_run_delay_seconds(pid),
                     **proc_memory(pid),
                     "age": snap["age"],
                     "heartbeat_age": snap["heartbeat_age"],
@@ -332,6 +353,12 @@ def prometheus_text(snap: dict[str, Any], bounds: list[float]) -> str:
             "counter",
             "User plus system CPU time.",
             "cpu_seconds",
+        ),
+        (
+            "ferrocorn_worker_cpu_wait_seconds_total",
+            "counter",
+            "Time runnable but waiting for a CPU (run queue, from schedstat).",
+            "cpu_wait_seconds",
         ),
         ("ferrocorn_worker_age_seconds", "gauge", "Seconds since the worker was forked.", "age"),
         (
