@@ -183,6 +183,33 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Sends what the kernel takes right now, without waiting (`MSG_DONTWAIT`, whatever
+    /// the socket's blocking mode): `Ok(0)` when the send buffer is full. The gthread
+    /// worker's write-behind uses it so a Python thread never waits on a slow reader
+    /// while the response still fits its buffer.
+    pub fn send_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        use nix::errno::Errno;
+        use nix::sys::socket::{sendmsg, MsgFlags, UnixAddr};
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Detached => return Err(detached()),
+        };
+        // IOV_MAX is 1024 on Linux; callers pass a handful of buffers.
+        let bufs = &bufs[..bufs.len().min(1024)];
+        loop {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match sendmsg::<UnixAddr>(fd, bufs, &[], flags, None) {
+                Ok(n) => return Ok(n),
+                Err(Errno::EAGAIN) => return Ok(0),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 impl AsRawFd for Stream {
     fn as_raw_fd(&self) -> RawFd {
         match self {

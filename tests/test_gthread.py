@@ -219,6 +219,75 @@ def test_slow_body_is_read_before_a_thread_is_used(server, helpers):
         s.close()
 
 
+@pytest.mark.ferrocorn_only
+def test_slow_reader_does_not_hold_a_thread(server, tmp_path, helpers):
+    """A response that fits the write-behind buffer is finished by the I/O loop: a
+    client that reads nothing does not keep the only thread from the next client
+    (gunicorn's gthread blocks its thread in sendall until the reader catches up).
+
+    Over a unix socket, whose kernel buffer is fixed (net.core.wmem_default, about
+    210 KB of payload) where TCP on loopback would autotune to megabytes: 400 KB is
+    more than the kernel takes, and less than the kernel plus the 256 KiB buffer."""
+    path = str(tmp_path / "slow.sock")
+    server([*GTHREAD, "--threads", "1", "--bind", f"unix:{path}"], "wsgiapps:app")
+    size = 400_000
+    s = helpers.connect(path)
+    other = helpers.connect(path)
+    try:
+        s.sendall(f"GET /body?size={size}&cl=1 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        # The response has started, so the app ran for it and its bytes are queued.
+        assert s.recv(16, socket.MSG_PEEK).startswith(b"HTTP/1.1 200")
+        start = time.monotonic()
+        other.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(other, bytearray()).startswith(b"HTTP/1.1 200")
+        assert time.monotonic() - start < 2.0
+        buf = bytearray()
+        resp = _read_response(s, buf)
+        body = resp.partition(b"\r\n\r\n")[2]
+        assert body == (b"0123456789abcdef" * (size // 16 + 1))[:size]
+        # The connection is still good for the next request.
+        s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(s, buf).startswith(b"HTTP/1.1 200")
+    finally:
+        s.close()
+        other.close()
+
+
+@pytest.mark.ferrocorn_only
+def test_streamed_response_larger_than_the_buffer_arrives_whole(server):
+    """A generator response far larger than the write-behind buffer is throttled by
+    the client (backpressure) and arrives complete and in order to a slow reader."""
+    srv = server([*GTHREAD, "--threads", "2", "--workers", "1"], "wsgiapps:app")
+    size = 3_000_000
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect((srv.host, srv.port))
+    try:
+        s.sendall(
+            f"GET /body?size={size}&chunks=300&iter=1 HTTP/1.1\r\nHost: x\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        data = bytearray()
+        while chunk := s.recv(8192):
+            data += chunk
+        head, _, body = bytes(data).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"transfer-encoding: chunked" in head.lower()
+        # De-chunk.
+        out = bytearray()
+        while True:
+            line, _, body = body.partition(b"\r\n")
+            n = int(line, 16)
+            if n == 0:
+                break
+            out += body[:n]
+            body = body[n + 2:]
+        assert out == (b"0123456789abcdef" * (size // 16 + 1))[:size]
+    finally:
+        s.close()
+
+
 def test_max_requests_closes_and_restarts(server, helpers):
     srv = server([*GTHREAD, "--threads", "2", "--workers", "1", "--max-requests", "3"],
                  "wsgiapps:app")

@@ -45,7 +45,7 @@ use crate::worker::sync::{
 };
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::{EnvironBuilder, ListenerInfo};
-use crate::wsgi::io::Conn;
+use crate::wsgi::io::{Conn, WRITE_BEHIND};
 use crate::wsgi::{Handler, Outcome};
 
 /// Bodies up to this size (Content-Length or chunked) are read whole by the I/O
@@ -922,6 +922,8 @@ async fn serve_conn(
                 stream,
                 buf: std::mem::take(&mut buf),
                 pos,
+                out: Vec::new(),
+                out_limit: WRITE_BEHIND,
             },
             head,
             peer: peer.clone(),
@@ -946,6 +948,8 @@ async fn serve_conn(
             stream,
             buf: b,
             pos: p,
+            out,
+            ..
         } = conn;
         buf = b;
         pos = p;
@@ -953,6 +957,15 @@ async fn serve_conn(
             return;
         };
         io = back;
+        if !out.is_empty() {
+            // The write-behind tail: the app is done, its thread is free, and the
+            // client gets the rest at its own pace, within `--timeout`.
+            let t = ctx.shared.cfg.timeout.unwrap_or(Duration::from_secs(30));
+            match tokio::time::timeout(t, io.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
         match outcome {
             Outcome::KeepAlive => {
                 if pos >= buf.len() {

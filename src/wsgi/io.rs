@@ -6,7 +6,7 @@
 //! thread that called the app, so the mutex is uncontended; it exists because pyclasses
 //! must be `Send` and the gthread worker will hand connections between threads.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use pyo3::exceptions::PyOSError;
@@ -28,7 +28,24 @@ pub struct Conn {
     pub buf: Vec<u8>,
     /// Start of the unconsumed bytes in `buf`.
     pub pos: usize,
+    /// Response bytes accepted from the app but not yet taken by the kernel
+    /// (write-behind). They go out before anything else written later, and whatever
+    /// is left when the app is done is written by the gthread I/O loop, so a slow
+    /// reader does not hold a Python thread for a response that fits here.
+    pub out: Vec<u8>,
+    /// The most `out` may hold before a write waits for the client (bounded by the
+    /// socket timeout) until it holds half as much: the backpressure that keeps a
+    /// streaming response from piling up in memory. 0 turns write-behind off: every
+    /// write waits until the kernel has taken it (the sync worker, which has nothing
+    /// else to do meanwhile).
+    pub out_limit: usize,
 }
+
+/// The gthread worker's write-behind limit per connection. Large enough for typical
+/// pages and API answers (the 64 KiB benchmark response included) to be handed off
+/// whole; small enough that many slow readers cannot exhaust memory (1,000 of them
+/// hold at most 256 MiB, and only while they are that slow).
+pub const WRITE_BEHIND: usize = 256 * 1024;
 
 impl Conn {
     /// Wraps a freshly accepted stream.
@@ -37,6 +54,8 @@ impl Conn {
             stream,
             buf: Vec::with_capacity(8192),
             pos: 0,
+            out: Vec::new(),
+            out_limit: 0,
         }
     }
 
@@ -55,6 +74,8 @@ impl Conn {
                 stream: Stream::Detached,
                 buf: Vec::new(),
                 pos: 0,
+                out: Vec::new(),
+                out_limit: 0,
             },
         )
     }
@@ -87,14 +108,48 @@ impl Conn {
         res
     }
 
-    /// Writes all of `bufs` to the client.
+    /// Writes all of `bufs` to the client, or (write-behind) queues what the kernel
+    /// does not take at once; see [`Conn::out`].
     pub fn write_all(&mut self, bufs: &[&[u8]]) -> io::Result<()> {
-        write_all_vectored(&mut self.stream, bufs)
+        if self.out_limit == 0 {
+            return write_all_vectored(&mut self.stream, bufs);
+        }
+        if !self.out.is_empty() {
+            let n = self.stream.send_now(&[IoSlice::new(&self.out)])?;
+            self.out.drain(..n);
+        }
+        let mut sent = 0;
+        if self.out.is_empty() {
+            let slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+            sent = self.stream.send_now(&slices)?;
+        }
+        for b in bufs {
+            let skip = sent.min(b.len());
+            sent -= skip;
+            self.out.extend_from_slice(&b[skip..]);
+        }
+        if self.out.len() > self.out_limit {
+            let n = self.out.len() - self.out_limit / 2;
+            self.stream.write_all(&self.out[..n])?;
+            self.out.drain(..n);
+        }
+        Ok(())
     }
 
-    /// Writes one buffer.
+    /// Writes one buffer (see [`Conn::write_all`]).
     pub fn write_one(&mut self, data: &[u8]) -> io::Result<()> {
-        self.stream.write_all(data)
+        self.write_all(&[data])
+    }
+
+    /// Waits until the kernel has taken every queued byte: before bytes that bypass
+    /// the queue (sendfile) and before the client must see something to go on
+    /// (`100 Continue`).
+    pub fn flush_out(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
     }
 }
 

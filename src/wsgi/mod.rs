@@ -195,7 +195,10 @@ impl Handler {
             // (measured on 27.0.1); clients that wait for it then send the body.
             let sent = py.detach(|| {
                 conn.lock()
-                    .map(|mut c| c.write_one(b"HTTP/1.1 100 Continue\r\n\r\n").is_ok())
+                    .map(|mut c| {
+                        c.write_one(b"HTTP/1.1 100 Continue\r\n\r\n").is_ok()
+                            && c.flush_out().is_ok()
+                    })
                     .unwrap_or(false)
             });
             if !sent {
@@ -565,6 +568,8 @@ fn try_sendfile(py: Python<'_>, resp: &SharedResponse, fw: &FileWrapper) -> PyRe
         if chunked {
             c.write_one(format!("{count:x}\r\n").as_bytes())?;
         }
+        // The head (and anything before it) must be on the wire before the file.
+        c.flush_out()?;
         let out_fd = c.stream.as_raw_fd();
         // SAFETY: the stream is owned by the locked connection for this whole block.
         let out = unsafe { BorrowedFd::borrow_raw(out_fd) };
