@@ -197,6 +197,12 @@ class WsCycle:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    def _refused(self) -> None:
+        # The handshake was answered with an HTTP response and the server closes the
+        # connection: a later receive() is the disconnect (1006, as uvicorn).
+        self.state = "rejected"
+        self.on_closed(1006, "")
+
     async def send(self, message: dict) -> None:
         kind = message["type"]
         if self.state == "connecting":
@@ -205,7 +211,7 @@ class WsCycle:
                 self.state = "accepted"
             elif kind == "websocket.close":
                 self.conn.ws_reject()
-                self.state = "rejected"
+                self._refused()
             elif kind == "websocket.http.response.start":
                 # The websocket.http.response extension: an HTTP answer instead.
                 self.conn.start(message["status"], message.get("headers", ()))
@@ -225,7 +231,7 @@ class WsCycle:
             more = bool(message.get("more_body", False))
             ok = self.conn.body(body if isinstance(body, bytes) else bytes(body), more)
             if not more:
-                self.state = "rejected"
+                self._refused()
             elif not ok and not self.conn.closed:
                 self.drain = asyncio.get_running_loop().create_future()
                 try:
