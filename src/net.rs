@@ -11,6 +11,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recv, send, sendmsg, MsgFlags, UnixAddr};
+
 /// A listening socket inherited from the master.
 #[derive(Debug)]
 pub enum Listener {
@@ -47,6 +51,18 @@ pub enum Stream {
     Tcp(TcpStream),
     /// Unix-socket client.
     Unix(UnixStream),
+    /// A socket lent by the gthread I/O loop to a Python thread for one request: the
+    /// descriptor stays owned (and registered with the reactor) by the I/O task, which
+    /// waits for it to come back. It is non-blocking; reads and writes wait with
+    /// `poll(2)` for at most `timeout` each, as `SO_RCVTIMEO`/`SO_SNDTIMEO` would.
+    /// Lending instead of moving the socket out of the runtime saves four syscalls a
+    /// request (two `ioctl(FIONBIO)`, `epoll_ctl` DEL and ADD: strace, hello world).
+    Lent {
+        /// The I/O task's descriptor; never closed through this variant.
+        fd: RawFd,
+        /// The most one read or write waits for the client.
+        timeout: Option<Duration>,
+    },
     /// No socket: the gthread worker moved it back to its I/O loop, and whatever the
     /// app kept of the request (a leaked `wsgi.input`) now sees a closed connection.
     Detached,
@@ -144,7 +160,7 @@ impl AsFd for Listener {
 impl Stream {
     /// Bounds every blocking read and write, so a client that stops sending or
     /// reading cannot pin the worker forever.
-    pub fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
+    pub fn set_timeouts(&mut self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => {
                 s.set_read_timeout(t)?;
@@ -153,6 +169,10 @@ impl Stream {
             Stream::Unix(s) => {
                 s.set_read_timeout(t)?;
                 s.set_write_timeout(t)
+            }
+            Stream::Lent { timeout, .. } => {
+                *timeout = t;
+                Ok(())
             }
             Stream::Detached => Ok(()),
         }
@@ -166,7 +186,8 @@ impl Stream {
         let shut = match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
             Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
-            Stream::Detached => return,
+            // The I/O loop closes what it lent.
+            Stream::Lent { .. } | Stream::Detached => return,
         };
         if shut.is_err() {
             return;
@@ -189,11 +210,10 @@ impl Stream {
     /// worker's write-behind uses it so a Python thread never waits on a slow reader
     /// while the response still fits its buffer.
     pub fn send_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        use nix::errno::Errno;
-        use nix::sys::socket::{sendmsg, MsgFlags, UnixAddr};
         let fd = match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Lent { fd, .. } => *fd,
             Stream::Detached => return Err(detached()),
         };
         // IOV_MAX is 1024 on Linux; callers pass a handful of buffers.
@@ -210,11 +230,27 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// After `EAGAIN` from a raw syscall on this stream (sendfile): waits until it is
+    /// writable again. A lent socket is non-blocking, so `EAGAIN` just means a full
+    /// send buffer; a blocking one returns it only when `SO_SNDTIMEO` ran out.
+    pub fn wait_writable(&self) -> io::Result<()> {
+        match self {
+            Stream::Lent { fd, timeout } => wait_ready(*fd, *timeout, PollFlags::POLLOUT),
+            _ => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "timed out waiting for the client",
+            )),
+        }
+    }
+}
+
 impl AsRawFd for Stream {
     fn as_raw_fd(&self) -> RawFd {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Lent { fd, .. } => *fd,
             Stream::Detached => -1,
         }
     }
@@ -225,6 +261,9 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Lent { fd, timeout } => lent_io(*fd, *timeout, PollFlags::POLLIN, || {
+                recv(*fd, buf, MsgFlags::MSG_DONTWAIT)
+            }),
             Stream::Detached => Err(detached()),
         }
     }
@@ -235,6 +274,9 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Lent { fd, timeout } => lent_io(*fd, *timeout, PollFlags::POLLOUT, || {
+                send(*fd, buf, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL)
+            }),
             Stream::Detached => Err(detached()),
         }
     }
@@ -242,11 +284,55 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write_vectored(bufs),
             Stream::Unix(s) => s.write_vectored(bufs),
+            Stream::Lent { fd, timeout } => lent_io(*fd, *timeout, PollFlags::POLLOUT, || {
+                let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+                let bufs = &bufs[..bufs.len().min(1024)];
+                sendmsg::<UnixAddr>(*fd, bufs, &[], flags, None)
+            }),
             Stream::Detached => Err(detached()),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// One read or write on a lent (non-blocking) socket, waiting for readiness up to
+/// `timeout` when the kernel has nothing for it: a blocking socket's semantics,
+/// including `WouldBlock` when the timeout passes (what `SO_RCVTIMEO` gives).
+fn lent_io(
+    fd: RawFd,
+    timeout: Option<Duration>,
+    want: PollFlags,
+    mut op: impl FnMut() -> nix::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        match op() {
+            Ok(n) => return Ok(n),
+            Err(Errno::EAGAIN) => {}
+            Err(e) => return Err(e.into()),
+        }
+        wait_ready(fd, timeout, want)?;
+    }
+}
+
+/// Waits until `fd` is ready for `want` (or has an error or hang-up, which the next
+/// syscall reports), for at most `timeout`.
+pub fn wait_ready(fd: RawFd, timeout: Option<Duration>, want: PollFlags) -> io::Result<()> {
+    // SAFETY: `fd` is open for the duration of the call: the lender keeps it.
+    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut fds = [PollFd::new(bfd, want)];
+    let t = match timeout {
+        Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+        None => PollTimeout::NONE,
+    };
+    match poll(&mut fds, t) {
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "timed out waiting for the client",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

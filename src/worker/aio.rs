@@ -162,26 +162,6 @@ pub(crate) enum IoStream {
 }
 
 impl IoStream {
-    /// Per-connection set-up: TCP_NODELAY (responses are written whole) and the
-    /// socket timeouts that bound the Python thread's blocking reads and writes.
-    pub(crate) fn prepare(&self, timeout: Option<Duration>) -> io::Result<()> {
-        let tv = match timeout {
-            Some(t) => nix::sys::time::TimeVal::new(
-                libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-                libc::suseconds_t::from(t.subsec_micros()),
-            ),
-            None => nix::sys::time::TimeVal::new(0, 0),
-        };
-        let fd = match self {
-            IoStream::Tcp(s) => s.as_fd(),
-            IoStream::Unix(s) => s.as_fd(),
-        };
-        use nix::sys::socket::{setsockopt, sockopt};
-        setsockopt(&fd, sockopt::ReceiveTimeout, &tv)?;
-        setsockopt(&fd, sockopt::SendTimeout, &tv)?;
-        Ok(())
-    }
-
     pub(crate) async fn read_more(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
@@ -213,34 +193,13 @@ impl IoStream {
         }
     }
 
-    /// Leaves the runtime: a blocking socket for a Python thread.
-    pub(crate) fn into_std(self) -> io::Result<Stream> {
-        match self {
-            IoStream::Tcp(s) => {
-                let s = s.into_std()?;
-                s.set_nonblocking(false)?;
-                Ok(Stream::Tcp(s))
-            }
-            IoStream::Unix(s) => {
-                let s = s.into_std()?;
-                s.set_nonblocking(false)?;
-                Ok(Stream::Unix(s))
-            }
-        }
-    }
-
-    /// Comes back to the runtime after a request.
-    pub(crate) fn from_std(s: Stream) -> io::Result<IoStream> {
-        match s {
-            Stream::Tcp(s) => {
-                s.set_nonblocking(true)?;
-                Ok(IoStream::Tcp(tokio::net::TcpStream::from_std(s)?))
-            }
-            Stream::Unix(s) => {
-                s.set_nonblocking(true)?;
-                Ok(IoStream::Unix(tokio::net::UnixStream::from_std(s)?))
-            }
-            Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
-        }
+    /// The descriptor, lent to a Python thread for one request (see
+    /// [`Stream::Lent`]); the stream itself stays here, registered with the reactor.
+    pub(crate) fn lend(&self, timeout: Option<Duration>) -> Stream {
+        let fd = match self {
+            IoStream::Tcp(s) => s.as_raw_fd(),
+            IoStream::Unix(s) => s.as_raw_fd(),
+        };
+        Stream::Lent { fd, timeout }
     }
 }

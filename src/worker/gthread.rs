@@ -823,11 +823,6 @@ fn spawn_conn(
     listener: usize,
     permit: OwnedSemaphorePermit,
 ) {
-    if let Err(e) = s.prepare(ctx.shared.cfg.timeout) {
-        ctx.shared
-            .log("debug", format!("setting up a connection: {e}"));
-        return;
-    }
     // Counted now rather than when the task first runs, so a burst shows at once.
     ctx.shared.open.fetch_add(1, Ordering::Relaxed);
     ctx.shared.publish();
@@ -915,7 +910,8 @@ async fn serve_conn(
             BodyRead::Closed => return,
         }
         let keep_alive = ctx.admit();
-        let Ok(stream) = io.into_std() else { return };
+        let stream = io.lend(ctx.shared.cfg.timeout);
+        let loan = OnLoan(Some(io));
         let (tx, rx) = oneshot::channel();
         let job = Job {
             conn: Conn {
@@ -941,11 +937,15 @@ async fn serve_conn(
                 .log("error", "request queue full or closed".to_owned());
             return;
         }
-        let Ok(Returned { conn, outcome }) = rx.await else {
+        let reply = rx.await;
+        // The job has ended one way or the other (a reply, or the job dropped with
+        // its sender): no thread uses the descriptor any more.
+        let Some(back) = loan.give_back() else { return };
+        io = back;
+        let Ok(Returned { conn, outcome }) = reply else {
             return;
         };
         let Conn {
-            stream,
             buf: b,
             pos: p,
             out,
@@ -953,10 +953,6 @@ async fn serve_conn(
         } = conn;
         buf = b;
         pos = p;
-        let Ok(back) = IoStream::from_std(stream) else {
-            return;
-        };
-        io = back;
         if !out.is_empty() {
             // The write-behind tail: the app is done, its thread is free, and the
             // client gets the rest at its own pace, within `--timeout`.
@@ -981,6 +977,27 @@ async fn serve_conn(
                 close_gracefully(io).await;
                 return;
             }
+        }
+    }
+}
+
+/// A connection whose descriptor a pool thread is using ([`IoStream::lend`]). If the
+/// task is dropped before the thread is done (the runtime going away at the end of a
+/// stop that ran out of `--graceful-timeout`), the stream is leaked rather than
+/// closed: closing would free the descriptor number for reuse while the thread may
+/// still write to it. The process is exiting by then.
+struct OnLoan(Option<IoStream>);
+
+impl OnLoan {
+    fn give_back(mut self) -> Option<IoStream> {
+        self.0.take()
+    }
+}
+
+impl Drop for OnLoan {
+    fn drop(&mut self) {
+        if let Some(io) = self.0.take() {
+            std::mem::forget(io);
         }
     }
 }

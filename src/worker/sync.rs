@@ -378,7 +378,7 @@ impl SyncWorker {
         py: Python<'_>,
         run: &mut Running,
         listener: usize,
-        stream: Stream,
+        mut stream: Stream,
         peer: Peer,
     ) -> PyResult<()> {
         if let Err(e) = stream.set_timeouts(run.timeout) {

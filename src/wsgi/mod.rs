@@ -581,6 +581,7 @@ fn try_sendfile(py: Python<'_>, resp: &SharedResponse, fw: &FileWrapper) -> PyRe
                 Ok(0) => break,
                 Ok(n) => left -= n as u64,
                 Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => c.stream.wait_writable()?,
                 Err(e) => return Err(e.into()),
             }
         }
