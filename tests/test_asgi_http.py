@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import struct
 import time
 
 import pytest
@@ -266,6 +267,27 @@ def test_unknown_keys_in_messages_are_accepted(checks):
 
 def test_http_scope_extensions(checks):
     assert checks.get("/ext").json()["extensions"] == ["http.response.pathsend"]
+
+
+def test_send_to_a_gone_client_raises_oserror(server, tmp_path, helpers):
+    # ASGI spec 2.4: send() on a closed connection raises an OSError subclass, and the
+    # server does not log it as an application error.
+    out = tmp_path / "out"
+    out.mkdir()
+    srv = server(ASGI, "asgichecks:app", env={"ASGI_TEST_DIR": str(out)})
+    with helpers.connect(srv.address) as s:
+        s.sendall(helpers.build_request("GET", "/stream-forever?id=gone"))
+        s.settimeout(10)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+    record = out / "gone.json"
+    deadline = time.monotonic() + 10
+    while not record.exists():
+        assert time.monotonic() < deadline, "send() never failed"
+        time.sleep(0.05)
+    assert json.loads(record.read_text()) == {"error": "ClientDisconnected", "oserror": True}
+    time.sleep(0.2)
+    assert "Exception in ASGI application" not in srv.log()
 
 
 @pytest.mark.xfail(strict=True, reason="Rust + asgi.py: the http.response.trailers "

@@ -107,6 +107,10 @@ class Cycle:
             fut.set_result(None)
 
     async def _body(self, body: Any, more: bool) -> None:
+        if self.conn.closed and not self.conn.complete:
+            # The connection is gone (reset, or a write failed): ASGI 2.4's OSError,
+            # so an app that streams without reading receive() stops.
+            raise ClientDisconnected("client disconnected; cannot send the response body")
         if not isinstance(body, bytes):
             body = bytes(body)
         if not self.conn.body(body, more) and not self.conn.closed:
@@ -143,7 +147,7 @@ class Cycle:
 
 
 class ClientDisconnected(OSError):
-    """``send()`` on a WebSocket the client already closed (ASGI spec 2.4)."""
+    """``send()`` on a connection the client already closed (ASGI spec 2.4)."""
 
 
 class WsCycle:
@@ -475,7 +479,8 @@ class AsgiServer:
             conn.end()
             raise
         except BaseException as exc:
-            self.log.error("Exception in ASGI application\n", exc_info=exc)
+            if not isinstance(exc, ClientDisconnected):
+                self.log.error("Exception in ASGI application\n", exc_info=exc)
             conn.end()
             if not isinstance(exc, Exception):
                 raise

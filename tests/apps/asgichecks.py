@@ -279,6 +279,18 @@ async def http(scope, receive, send) -> None:
         await asyncio.sleep(float(scope["query_string"] or b"1"))
         await _start(send)
         await send({"type": "http.response.body", "body": b"slept"})
+    elif path == "/stream-forever":
+        # Never reads receive(): only send() can tell it the client is gone.
+        await _start(send)
+        try:
+            for _ in range(3000):
+                await send({"type": "http.response.body", "body": b"x" * 1024,
+                            "more_body": True})
+                await asyncio.sleep(0.005)
+        except Exception as exc:
+            _record(scope, {"error": type(exc).__name__, "oserror": isinstance(exc, OSError)})
+            raise
+        _record(scope, {"error": None})
     elif path == "/wait-disconnect":
         # Ignores the client going away for a long time; records a cancellation.
         try:
