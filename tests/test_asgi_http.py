@@ -161,6 +161,25 @@ def test_term_closes_idle_connection_without_bytes(server, helpers):
     assert srv.wait_exit(30) == 0
 
 
+@pytest.mark.parametrize("xff,client", [
+    ("203.0.113.7, 10.1.1.1, 127.0.0.1", "203.0.113.7"),  # every proxy trusted: skip them
+    ("203.0.113.7, 198.51.100.9", "198.51.100.9"),  # the rightmost untrusted address
+    ("", "127.0.0.1"),  # an empty header is no header
+])
+def test_forwarded_for_through_several_proxies(server_pool, xff, client):
+    srv = server_pool.get([*ASGI, "--forwarded-allow-ips", "127.0.0.1,10.1.1.1"],
+                          "asgiapps:app")
+    scope = srv.get("/scope", headers={"X-Forwarded-For": xff}).json()
+    assert scope["client"][0] == client
+
+
+@pytest.mark.parametrize("proto,scheme", [("https", "https"), ("HTTPS", "https"),
+                                          ("nonsense", "http"), ("https, http", "http")])
+def test_forwarded_proto_values(server_pool, proto, scheme):
+    srv = server_pool.get(ASGI, "asgiapps:app")
+    assert srv.get("/scope", headers={"X-Forwarded-Proto": proto}).json()["scheme"] == scheme
+
+
 # --------------------------------------------------------------------------- response framing
 
 

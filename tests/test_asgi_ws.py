@@ -413,6 +413,20 @@ def test_send_is_paced_by_a_client_that_does_not_read(ws_server):
             time.sleep(0.05)
 
 
+def test_lost_connection_unblocks_a_paused_send(ws_server):
+    with _connect(ws_server.url("/ws/flood?id=flood-lost&n=600"), max_queue=1) as ws:
+        ws_server.record("flood-lost")
+        time.sleep(0.5)  # send() is waiting for the client to read by now
+        ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        ws.socket.close()  # a reset, as when the client's host drops the connection
+        deadline = time.monotonic() + 10
+        while "error" not in (rec := ws_server.record("flood-lost")):
+            assert time.monotonic() < deadline, f"send() still blocked: {rec}"
+            time.sleep(0.05)
+    assert (rec["error"], rec["oserror"]) == ("ClientDisconnected", True)
+    assert rec["sent"] < 500
+
+
 # --------------------------------------------------------------------------- denial response
 
 

@@ -204,7 +204,12 @@ async def websocket(scope, receive, send) -> None:
         piece = b"x" * 65536
         n = int(q.get("n", "400"))
         for i in range(n):
-            await send({"type": "websocket.send", "bytes": piece})
+            try:
+                await send({"type": "websocket.send", "bytes": piece})
+            except Exception as exc:
+                _record(scope, {"sent": i, "error": type(exc).__name__,
+                                "oserror": isinstance(exc, OSError)})
+                raise
             if i % 50 == 0:
                 _record(scope, {"sent": i + 1})
         _record(scope, {"sent": n, "done": True})
