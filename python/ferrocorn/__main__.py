@@ -16,7 +16,7 @@ def _fail(msg: str, code: int = 1) -> int:
 def run(argv: list[str]) -> int:
     """Parse the configuration, then serve; returns the process exit code."""
     if argv[:1] in (["stats"], ["top"]):
-        from ferrocorn.stats import cli
+        from ferrocorn.top import cli
 
         return cli(argv)
     try:

@@ -19,7 +19,7 @@ import time
 from types import FrameType
 from typing import Any, ClassVar
 
-from ferrocorn import _ferrocorn, daemon, proctitle, stats, systemd, upgrade, watch
+from ferrocorn import _ferrocorn, control, daemon, proctitle, stats, systemd, upgrade, watch
 from ferrocorn._version import __version__
 from ferrocorn.app import import_app
 from ferrocorn.config import ConfigError, load_config
@@ -118,7 +118,9 @@ class Arbiter:
         # growth well past the configured count.
         self.board = _ferrocorn.Scoreboard(max(SCOREBOARD_MIN_SLOTS, 4 * self.num_workers))
         self.free_slots = list(range(self.board.capacity - 1, -1, -1))
-        self.stats: stats.StatsProcess | None = None  # --stats-bind (stats.py)
+        self.stats: stats.StatsProcess | None = None  # --stats-bind, --statsd-host (stats.py)
+        self.control = control.ControlServer(self)  # the control socket (control.py)
+        self.reloads = 0
         self.watch = watch.Watch(self)  # warnings when the numbers call for action
 
     # Hook-facing aliases (gunicorn hooks read these).
@@ -155,8 +157,13 @@ class Arbiter:
         self.listeners = create_listeners(self.cfg, self.log, self.inherited_fds())
         urls = ",".join(lst.url() for lst in self.listeners)
         self.log.info("Listening at: %s (%s)", urls, self.pid)
-        if self.cfg.stats_bind:
+        self.control.open(self.cfg)
+        if self.cfg.stats_bind or self.cfg.statsd_host:
             self.stats = stats.StatsProcess(self, self.cfg.stats_bind)
+        if self.cfg.statsd_host:
+            from ferrocorn.statsd import STARTUP_NOTE
+
+            self.log.info("%s; sending to %s", STARTUP_NOTE, self.cfg.statsd_host)
         self.log.info("Using worker: %s", self.cfg.worker_class_str)
         for note in getattr(self.cfg, "notes", []):
             self.log.info("%s", note)
@@ -201,6 +208,7 @@ class Arbiter:
                     self.manage_workers()
                     self.check_ready()
                     self.watch.tick()
+                    self.control.tick()
                     continue
                 name = SIGNAMES.get(sig, str(sig))
                 handler = getattr(self, f"handle_{name}", None)
@@ -225,9 +233,14 @@ class Arbiter:
         """Wait up to a second for a signal (the wake-up pipe turns readable)."""
         # Look at booting workers often until READY=1 is sent, then once a second.
         timeout = 1.0 if self.ready_after_age is None else 0.1
+        # The control socket and its clients wait in the same select (control.py).
+        readers, writers = self.control.select_sets()
         try:
-            ready = select.select([self._pipe_r], [], [], timeout)
-            if ready[0]:
+            ready = select.select(
+                [self._pipe_r, *readers], writers, [], self.control.timeout(timeout)
+            )
+            self.control.handle(ready[0], ready[1])
+            if self._pipe_r in ready[0]:
                 while os.read(self._pipe_r, 64):
                     pass
         except BlockingIOError:
@@ -257,10 +270,17 @@ class Arbiter:
         start a fresh set of workers (re-importing the app unless it was preloaded)
         and retire the old ones with TERM once the new ones are forked."""
         self.log.info("Hang up: Master")
+        self.reloads += 1
         systemd.sd_notify(systemd.reloading_message(), self.log)
         self.reload_config()
+        self.control.reconfigure(self.cfg)
         if self.stats is not None:
             self.stats.stop()  # respawned with the new configuration
+            if not (self.cfg.stats_bind or self.cfg.statsd_host):
+                self.stats.close()
+                self.stats = None
+        elif self.cfg.statsd_host:
+            self.stats = stats.StatsProcess(self, self.cfg.stats_bind)
         self.cfg.on_reload(self)
         old = list(self.workers)
         self.ready_after_age = self.worker_age
@@ -367,6 +387,7 @@ class Arbiter:
             except PidfileError as e:
                 self.log.error("%s", e)
         proctitle.set_title(f"master [{self.proc_name}]")
+        self.control.promote()
         systemd.sd_notify(f"MAINPID={self.pid}", self.log)
 
     def check_ready(self) -> None:
@@ -502,6 +523,7 @@ class Arbiter:
             os.close(self._pipe_w)
             if self.stats is not None:
                 self.stats.close_in_child()
+            self.control.close_in_child()
             worker.pid = os.getpid()
             self.board.set_pid(worker.slot, worker.pid)
             proctitle.set_title(f"worker [{self.proc_name}]")
@@ -584,6 +606,7 @@ class Arbiter:
         to this master's sockets once the workers are gone."""
         # A unix socket path stays when a USR2 master shares it or systemd owns it.
         unlink = self.reexec_pid == 0 and self.master_pid == 0 and not self.systemd
+        self.control.close()  # only ever unlinks the file it created
         if self.stats is not None:
             self.stats.close()
         for lst in self.listeners:

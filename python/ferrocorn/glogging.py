@@ -33,6 +33,7 @@ class Logger:
         self.access_log = logging.getLogger("gunicorn.access")
         self.access_log.propagate = False
         self._error_handler: logging.Handler | None = None
+        self._statsd_handler: Any = None  # statsd.LogHandler with --statsd-host
         self._access_file: IO[str] | None = None
         self.setup(cfg)
 
@@ -54,7 +55,28 @@ class Logger:
         handler.setFormatter(logging.Formatter(ERROR_FORMAT, DATE_FORMAT))
         self.error_log.addHandler(handler)
         self._error_handler = handler
+        self._setup_statsd(cfg)
         self._open_access(cfg.accesslog)
+
+    def _setup_statsd(self, cfg: Any) -> None:
+        """``--statsd-host``: count warning and error lines as gunicorn does
+        (``gunicorn.log.<level>``), in every process (workers inherit the handler)."""
+        if self._statsd_handler is not None:
+            self.error_log.removeHandler(self._statsd_handler)
+            self._statsd_handler.close()
+            self._statsd_handler = None
+        if getattr(cfg, "statsd_host", None):
+            from ferrocorn import statsd
+
+            self._statsd_handler = statsd.LogHandler(statsd.Client.from_cfg(cfg))
+            self.error_log.addHandler(self._statsd_handler)
+
+    def _metric(self, kw: dict[str, Any]) -> None:
+        """gunicorn's custom metrics: ``extra={"metric", "value", "mtype"}``, at any level."""
+        if self._statsd_handler is not None and "extra" in kw:
+            from ferrocorn import statsd
+
+            statsd.extra_metric(self._statsd_handler.client, kw["extra"])
 
     def _open_access(self, target: str | None) -> None:
         if self._access_file is not None and self._access_file not in (sys.stdout,):
@@ -101,21 +123,27 @@ class Logger:
 
     # Delegations, so ``server.log.info(...)`` works in hooks as in gunicorn.
     def debug(self, msg: str, *args: object, **kw: Any) -> None:
+        self._metric(kw)
         self.error_log.debug(msg, *args, **kw)
 
     def info(self, msg: str, *args: object, **kw: Any) -> None:
+        self._metric(kw)
         self.error_log.info(msg, *args, **kw)
 
     def warning(self, msg: str, *args: object, **kw: Any) -> None:
+        self._metric(kw)
         self.error_log.warning(msg, *args, **kw)
 
     def error(self, msg: str, *args: object, **kw: Any) -> None:
+        self._metric(kw)
         self.error_log.error(msg, *args, **kw)
 
     def critical(self, msg: str, *args: object, **kw: Any) -> None:
+        self._metric(kw)
         self.error_log.critical(msg, *args, **kw)
 
     def exception(self, msg: str, *args: object, **kw: Any) -> None:
+        self._metric(kw)
         self.error_log.exception(msg, *args, **kw)
 
     def flush(self) -> None:

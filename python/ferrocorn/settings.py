@@ -329,6 +329,12 @@ def validate_optional_address(val: Any) -> str | None:
     return text or None
 
 
+def validate_statsd_address(val: Any) -> str | None:
+    from ferrocorn.statsd import validate
+
+    return validate(val)
+
+
 def validate_http_protocols(val: Any) -> list[str]:
     items = [item.lower() for item in validate_comma_list(val)] or ["h1"]
     if any(item not in ("h1", "h2") for item in items):
@@ -924,21 +930,29 @@ SETTINGS: tuple[Setting, ...] = (
           doc="stdout and stderr are kept when they are not a terminal, so "
           "`ferrocorn -D -R app > out.log 2>&1` logs to out.log."),
     Setting(
-        "statsd_host", LOGGING, ("--statsd-host",), None, validate_optional_address,
+        "statsd_host", LOGGING, ("--statsd-host",), None, validate_statsd_address,
         "StatsD server (HOST:PORT or unix://PATH) to send metrics to.",
-        meta="STATSD_ADDR", status=NOT_YET,
+        meta="STATSD_ADDR",
+        doc="gunicorn's metric names (`gunicorn.requests`, `gunicorn.request.status.<code>`, "
+        "`gunicorn.request.duration`, `gunicorn.workers`, `gunicorn.log.<level>`); the port "
+        "defaults to 8125. Unlike gunicorn, which sends a packet per request from the worker, "
+        "ferrocorn's stats process sends the request metrics once a second, aggregated from "
+        "the workers' counters (durations as one sample per latency bucket with a sample "
+        "rate); it says so at start-up. See docs/metrics.md.",
     ),
     Setting(
         "dogstatsd_tags", LOGGING, ("--dogstatsd-tags",), "", validate_string,
         "Comma-separated key:value tags added to every StatsD metric.",
-        meta="DOGSTATSD_TAGS", status=NOT_YET,
+        meta="DOGSTATSD_TAGS",
     ),
     Setting(
         "statsd_prefix", LOGGING, ("--statsd-prefix",), "", validate_string,
-        "Prefix for StatsD metric names.", meta="STATSD_PREFIX", status=NOT_YET,
+        "Prefix for StatsD metric names.", meta="STATSD_PREFIX",
     ),
     _flag("enable_backlog_metric", LOGGING, ("--enable-backlog-metric",),
-          "Report the listen backlog length as a StatsD metric.", status=NOT_YET),
+          "Report the listen backlog length as a StatsD metric.",
+          doc="`gunicorn.backlog`: the connections waiting in the TCP listen queues, sent "
+          "each second (as a timer, like gunicorn)."),
     # -- Process Naming
     Setting(
         "proc_name", NAMING, ("-n", "--name"), None, validate_string,
@@ -1063,17 +1077,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "control_socket", CONTROL, ("--control-socket",), None, validate_string,
         "Unix socket for runtime control (worker status, scaling, reload).", meta="PATH",
-        status=NOT_YET,
-        doc="gunicorn 25.1+ creates `$XDG_RUNTIME_DIR/gunicorn.ctl` by default; ferrocorn "
-        "creates no control socket.",
+        default_doc="$XDG_RUNTIME_DIR/ferrocorn.ctl",
+        doc="The master listens there (gunicorn's protocol and command names, so "
+        "`gunicornc -s PATH` works too); `ferrocorn stats` and `ferrocorn top` find the "
+        "server through it. Default: `$XDG_RUNTIME_DIR/ferrocorn.ctl`, else "
+        "`~/.ferrocorn/ferrocorn.ctl` (gunicorn: `gunicorn.ctl` in the same places); a "
+        "relative path is taken from the `--chdir` directory. A master started by USR2 "
+        "listens at `PATH.2` until it is promoted. If another running server holds the path, "
+        "ferrocorn logs a warning and runs without one. See docs/metrics.md.",
     ),
     Setting(
         "control_socket_mode", CONTROL, ("--control-socket-mode",), 0o600, validate_octal,
-        "Permission bits of the control socket.", meta="INT", status=NOT_YET,
+        "Permission bits of the control socket.", meta="INT",
     ),
     _flag("control_socket_disable", CONTROL, ("--no-control-socket",),
-          "Do not create a control socket (ferrocorn has none yet, so this is accepted "
-          "and changes nothing)."),
+          "Do not create a control socket."),
     # -- Ferrocorn extensions
     Setting(
         "max_worker_memory", FERROCORN, ("--max-worker-memory",), 0, validate_uint,
@@ -1082,8 +1100,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "stats_bind", FERROCORN, ("--stats-bind",), None, validate_optional_address,
-        "HOST:PORT of an HTTP endpoint serving /metrics (Prometheus), /stats (JSON), "
-        "/healthz and /readyz, from a separate stats process.", meta="ADDRESS",
+        "HOST:PORT of an HTTP endpoint serving a live dashboard (/), /metrics (Prometheus), "
+        "/stats (JSON), /healthz and /readyz, from a separate stats process.", meta="ADDRESS",
         ferrocorn_only=True,
         doc="See docs/metrics.md for the metric names and labels. "
         "`ferrocorn stats --json --stats-url URL` prints one snapshot.",

@@ -55,9 +55,10 @@ def test_every_default_passes_its_validator():
 
 def test_status_of_key_settings():
     by_name = settings.SETTINGS_BY_NAME
-    for name in ("bind", "workers", "timeout", "on_starting", "post_request", "max_worker_memory"):
+    for name in ("bind", "workers", "timeout", "on_starting", "post_request", "max_worker_memory",
+                 "control_socket", "statsd_host"):
         assert by_name[name].status == "supported"
-    for name in ("certfile", "ssl_context", "syslog", "control_socket", "spew"):
+    for name in ("certfile", "ssl_context", "syslog", "spew"):
         assert by_name[name].status == "not_yet"
     for name in ("daemon", "reload", "user", "group", "initgroups", "reuse_port", "proc_name"):
         assert by_name[name].status == "supported"
