@@ -474,17 +474,11 @@ def test_denial_second_start_raises(ws_server):
                  "'websocket.http.response.start'."}
 
 
-@pytest.mark.xfail(strict=True, reason="Rust: AsgiConn.end() after a start without body "
-                   "drops the head (connection closed, no response) even when the headers "
-                   "say content-length: 0; uvicorn sends the response")
 def test_denial_response_missing_body(ws_server):
     r = _denied(ws_server.url("/ws/deny?how=missing-body&id=deny-missing"))
     assert r.status_code == 404
 
 
-@pytest.mark.xfail(strict=True, reason="Rust: AsgiConn.start() accepts statuses up to 999 "
-                   "(uvicorn answers a status above 599 with 500 Internal Server Error); "
-                   "here the head is also dropped as in test_denial_response_missing_body")
 def test_denial_response_invalid_status_is_500(ws_server):
     r = _denied(ws_server.url("/ws/deny?how=invalid-status&id=deny-700"))
     assert r.status_code == 500

@@ -802,6 +802,19 @@ impl Conn {
     }
 }
 
+/// The answer to an app that failed before starting its response: uvicorn's plain
+/// text 500 (what ASGI apps and their tests expect), not gunicorn's HTML error page.
+fn app_error_500() -> Vec<u8> {
+    let mut out = Vec::with_capacity(192);
+    out.extend_from_slice(
+        b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n\
+          content-length: 21\r\nconnection: close\r\nserver: ferrocorn\r\ndate: ",
+    );
+    write_http_date(&mut out);
+    out.extend_from_slice(b"\r\n\r\nInternal Server Error");
+    out
+}
+
 fn write_http_date_lower(out: &mut Vec<u8>) {
     // write_http_date appends the value itself.
     write_http_date(out);
@@ -843,7 +856,9 @@ impl Conn {
         let status: u16 = status
             .extract()
             .map_err(|_| PyTypeError::new_err("ASGI response status must be an int"))?;
-        if !(100..=999).contains(&status) {
+        // uvicorn's status lines cover 100..=599; anything else fails the app's
+        // send and, before the response started, makes it a 500.
+        if !(100..=599).contains(&status) {
             return Err(PyValueError::new_err(format!(
                 "invalid ASGI response status {status}"
             )));
@@ -1077,12 +1092,12 @@ impl Conn {
     /// The app is done (returned or raised). Before the response started: a 500 when
     /// `error` is true (the app raised or returned without responding). After: close
     /// unless the response was complete.
-    fn end(&self) {
+    fn end(&self, py: Python<'_>) {
         let mut inner = lock(&self.inner);
         match inner.resp {
             Resp::Done => {}
             Resp::NotStarted => {
-                let bytes = error_response(500, "Internal Server Error", "");
+                let bytes = app_error_500();
                 inner.status = 500;
                 inner.sent = 0;
                 inner.resp = Resp::Done;
@@ -1091,6 +1106,13 @@ impl Conn {
                 self.access_log(&inner);
                 self.deactivate(&mut inner);
             }
+            Resp::Started { .. } if self.empty_body_is_complete(&inner) => {
+                // Only `http.response.start`, but its headers already describe the
+                // whole response (Content-Length: 0, a bodyless status, HEAD): send
+                // it, as uvicorn does, rather than cut the connection.
+                drop(inner);
+                let _ = self.body(&PyBytes::new(py, b""), false);
+            }
             _ => {
                 inner.resp = Resp::Done;
                 let _ = self.tx.send(Cmd::Abort);
@@ -1098,6 +1120,20 @@ impl Conn {
                 self.deactivate(&mut inner);
             }
         }
+    }
+}
+
+impl Conn {
+    /// Whether a started response with no body message yet is complete as it stands.
+    fn empty_body_is_complete(&self, inner: &ConnInner) -> bool {
+        let Resp::Started { status, headers } = &inner.resp else {
+            return false;
+        };
+        let bodyless = (100..200).contains(status) || *status == 204 || *status == 304;
+        let zero_length = headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(b"content-length") && v.trim_ascii() == b"0");
+        bodyless || zero_length || inner.head.method == "HEAD"
     }
 }
 
