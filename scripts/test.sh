@@ -31,5 +31,13 @@ if ! command -v nginx >/dev/null 2>&1; then
 fi
 nginx -v
 
+step "Chromium (tests/test_dashboard.py loads the stats dashboard in it, headless)"
+if ! command -v chromium >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+fi
+chromium --version 2>/dev/null
+
 step "Black-box tests against the real ferrocorn process"
 python3 -m pytest tests -p no:cacheprovider "$@"
