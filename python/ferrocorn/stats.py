@@ -100,6 +100,11 @@ def socket_inode(fd: int) -> int | None:
         return None
 
 
+def tcp_listeners(listeners: list[Any]) -> list[tuple[str, int]]:
+    """(url, socket inode) of the app's TCP listeners, for ``Collector.backlog``."""
+    return [(lst.url(), socket_inode(lst.fileno()) or 0) for lst in listeners if not lst.is_unix]
+
+
 def listen_queues() -> dict[int, int]:
     """Every listening TCP socket of this network namespace by inode: the connections
     waiting for accept. For a socket in LISTEN state the kernel reports the accept
@@ -159,8 +164,8 @@ class Collector:
         self.master_started = time.time()
         self.listeners = listeners  # (url, socket inode) of the app's TCP listeners
         self.lock = threading.Lock()
-        # pid -> deque of (monotonic time, requests, cpu seconds)
-        self.history: dict[int, deque[tuple[float, int, float | None]]] = {}
+        # pid -> deque of (monotonic time, requests, cpu seconds, 5xx responses)
+        self.history: dict[int, deque[tuple[float, int, float | None, int]]] = {}
 
     def slots(self) -> list[tuple[int, dict[str, Any]]]:
         out = []
@@ -178,28 +183,33 @@ class Collector:
                 pid = snap["pid"]
                 seen.add(pid)
                 hist = self.history.setdefault(pid, deque())
-                hist.append((now, snap["requests"], proc_cpu_seconds(pid)))
+                hist.append((now, snap["requests"], proc_cpu_seconds(pid), snap["errors_5xx"]))
                 while len(hist) > 2 and now - hist[0][0] > RATE_WINDOW:
                     hist.popleft()
             for pid in list(self.history):
                 if pid not in seen:
                     del self.history[pid]
 
-    def rates(self, pid: int, requests: int, cpu: float | None) -> tuple[float, float | None]:
-        """(req/s, CPU %) of ``pid`` since the oldest sample in the window."""
+    def rates(
+        self, pid: int, snap: dict[str, Any], cpu: float | None
+    ) -> tuple[float, float | None, float]:
+        """(req/s, CPU %, 5xx/s) of ``pid`` since the oldest sample in the window; over
+        the worker's life when there is no earlier sample (a first request to the
+        master's control socket)."""
         with self.lock:
             hist = self.history.get(pid)
             first = hist[0] if hist else None
-        if first is None:
-            return 0.0, None
-        dt = time.monotonic() - first[0]
-        if dt <= 0.05:
-            return 0.0, None
-        rps = max(0, requests - first[1]) / dt
+        dt = time.monotonic() - first[0] if first is not None else 0.0
+        if first is None or dt <= 0.05:
+            first, dt = (0.0, 0, 0.0, 0), snap["age"]
+            if dt <= 0.05:
+                return 0.0, None, 0.0
+        rps = max(0, snap["requests"] - first[1]) / dt
+        errors = max(0, snap["errors_5xx"] - first[3]) / dt
         cpu_pct = None
         if cpu is not None and first[2] is not None:
             cpu_pct = 100.0 * max(0.0, cpu - first[2]) / dt
-        return rps, cpu_pct
+        return rps, cpu_pct, errors
 
     def backlog(self) -> list[dict[str, Any]]:
         queues = listen_queues()
@@ -220,7 +230,8 @@ class Collector:
         for i, snap in self.slots():
             pid = snap["pid"]
             cpu = proc_cpu_seconds(pid)
-            rps, cpu_pct = self.rates(pid, snap["requests"], cpu)
+            rps, cpu_pct, errors_ps = self.rates(pid, snap, cpu)
+            spawns = snap.get("spawns")  # missing before the scoreboard counted them
             limit = snap["max_requests"]
             state = snap["state"]
             busy_for = snap["request_age"] if state == "busy" else None
@@ -238,6 +249,9 @@ class Collector:
                     "p50": snap["p50"],
                     "p99": snap["p99"],
                     "errors_5xx": snap["errors_5xx"],
+                    "errors_5xx_per_s": round(errors_ps, 3),
+                    "statuses": {str(k): v for k, v in (snap.get("statuses") or {}).items()},
+                    "restarts": None if spawns is None else max(0, spawns - 1),
                     "busy_seconds": snap["busy_seconds"],
                     "cpu_seconds": cpu,
                     "cpu_percent": None if cpu_pct is None else round(cpu_pct, 1),
@@ -258,6 +272,10 @@ class Collector:
             for j, c in enumerate(w["latency_buckets"]):
                 buckets[j] += c
         total = sum(w["requests"] for w in workers)
+        statuses: dict[str, int] = {}
+        for w in workers:
+            for code, n in w["statuses"].items():
+                statuses[code] = statuses.get(code, 0) + n
         master = {"pid": self.master_pid, "alive": master_alive(self.master_pid)}
         master.update(proc_memory(self.master_pid))
         return {
@@ -278,6 +296,9 @@ class Collector:
                 "requests": total,
                 "req_per_s": round(sum(w["req_per_s"] for w in workers), 3),
                 "errors_5xx": sum(w["errors_5xx"] for w in workers),
+                "errors_5xx_per_s": round(sum(w["errors_5xx_per_s"] for w in workers), 3),
+                "statuses": statuses,
+                "restarts": sum(w["restarts"] or 0 for w in workers),
                 "p50": self.board.quantile_of(buckets, 0.5),
                 "p99": self.board.quantile_of(buckets, 0.99),
                 "queue_depth": sum(w["queue_depth"] for w in workers),
@@ -289,6 +310,8 @@ class Collector:
 
 
 def master_alive(pid: int) -> bool:
+    if pid == os.getpid():  # the master's own Collector (control socket)
+        return True
     if os.getppid() != pid:
         return False
     try:
@@ -509,15 +532,9 @@ def dashboard_page() -> bytes:
     return files(__package__ or "ferrocorn").joinpath("dashboard.html").read_bytes()
 
 
-def serve(sock: socket.socket, collector: Collector) -> None:
-    """The stats process's main: never returns."""
-    handler = type(
-        "Handler", (_Handler,), {"collector": collector, "bounds": collector.board.bucket_bounds()}
-    )
-    server = ThreadingHTTPServer(sock.getsockname()[:2], handler, bind_and_activate=False)
-    server.socket.close()
-    server.socket = sock
-    server.daemon_threads = True
+def serve(sock: socket.socket | None, collector: Collector, reporter: Any = None) -> None:
+    """The stats process's main: never returns. ``sock``: serve HTTP (--stats-bind);
+    ``reporter``: send StatsD metrics each second (statsd.Reporter, --statsd-host)."""
 
     def sampler() -> None:
         while True:
@@ -525,10 +542,23 @@ def serve(sock: socket.socket, collector: Collector) -> None:
                 os._exit(0)
             try:
                 collector.sample()
+                if reporter is not None:
+                    queued = [b["queued"] or 0 for b in collector.backlog()]
+                    reporter.flush(sum(queued) if queued else None)
             except Exception:  # never let the sampler die silently mid-run
                 pass
             time.sleep(SAMPLE_INTERVAL)
 
+    if sock is None:
+        sampler()
+        return
+    handler = type(
+        "Handler", (_Handler,), {"collector": collector, "bounds": collector.board.bucket_bounds()}
+    )
+    server = ThreadingHTTPServer(sock.getsockname()[:2], handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+    server.daemon_threads = True
     threading.Thread(target=sampler, name="stats-sampler", daemon=True).start()
     server.serve_forever(poll_interval=0.5)
 
@@ -537,16 +567,20 @@ def serve(sock: socket.socket, collector: Collector) -> None:
 
 
 class StatsProcess:
-    """The master's handle on the stats process: binds, forks, respawns, stops."""
+    """The master's handle on the stats process: binds, forks, respawns, stops.
+    ``address`` None: no HTTP server, the process only sends StatsD metrics."""
 
-    def __init__(self, arbiter: Any, address: str) -> None:
+    def __init__(self, arbiter: Any, address: str | None) -> None:
         self.arbiter = arbiter
         self.log = arbiter.log
         self.address = address
         self.pid = 0
         self.last_spawn = 0.0
+        self.spawned = 0
         self.sock: socket.socket | None = None
         self.url = ""
+        if address is None:
+            return
         try:
             self.bind()
         except OSError as e:
@@ -572,7 +606,7 @@ class StatsProcess:
         """Called every master tick: (re)start the stats process when it is not running."""
         if self.pid or time.monotonic() - self.last_spawn < 1.0:
             return
-        if self.sock is None:
+        if self.sock is None and self.address is not None:
             self.last_spawn = time.monotonic()
             try:
                 self.bind()
@@ -582,10 +616,10 @@ class StatsProcess:
 
     def spawn(self) -> None:
         arb = self.arbiter
-        listeners = [
-            (lst.url(), socket_inode(lst.fileno()) or 0) for lst in arb.listeners if not lst.is_unix
-        ]
+        listeners = tcp_listeners(arb.listeners)
         self.last_spawn = time.monotonic()
+        fresh = self.spawned == 0  # no StatsD counts were sent before this process
+        self.spawned += 1
         self.log.flush()
         pid = os.fork()
         if pid:
@@ -600,11 +634,19 @@ class StatsProcess:
             os.close(arb._pipe_w)
             for lst in arb.listeners:  # the backlog is read by inode from /proc
                 os.close(lst.sock.detach())
+            if getattr(arb, "control", None) is not None:
+                arb.control.close_in_child()
             from ferrocorn import proctitle
 
             proctitle.set_title(f"stats [{arb.proc_name}]")
-            assert self.sock is not None
-            serve(self.sock, Collector(arb.board, arb.cfg, arb.pid, listeners))
+            reporter = None
+            if arb.cfg.statsd_host:
+                from ferrocorn import statsd
+
+                client = statsd.Client.from_cfg(arb.cfg)
+                reporter = statsd.Reporter(client, arb.board, arb.cfg, fresh)
+            collector = Collector(arb.board, arb.cfg, arb.pid, listeners)
+            serve(self.sock, collector, reporter)
         except BaseException:
             self.log.exception("Stats process failed")
             code = 1
@@ -671,155 +713,3 @@ def bind_stats(address: str) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-# --------------------------------------------------------------------------- ferrocorn stats
-
-
-def find_stats_url(pidfile: str) -> str:
-    """The stats URL of the server whose master pid is in ``pidfile``: the listening
-    socket of the master's child titled ``stats``."""
-    try:
-        with open(pidfile) as f:
-            master = int(f.read().strip())
-    except (OSError, ValueError) as e:
-        raise LookupError(f"cannot read a pid from {pidfile}: {e}") from None
-    if not os.path.exists(f"/proc/{master}"):
-        raise LookupError(f"no server is running with pid {master} (from {pidfile})")
-    addresses = listen_addresses()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != master:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().decode(errors="replace")
-            with open(f"/proc/{entry}/comm") as f:
-                comm = f.read().strip()
-            if "stats [" not in cmdline and not comm.startswith("ferrocorn: stat"):
-                continue
-            for fd in os.listdir(f"/proc/{entry}/fd"):
-                link = os.readlink(f"/proc/{entry}/fd/{fd}")
-                if link.startswith("socket:["):
-                    inode = int(link[8:-1])
-                    if inode in addresses:
-                        host, _, port = addresses[inode].rpartition(":")
-                        host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
-                        return f"http://{host}:{port}"
-        except (OSError, ValueError, IndexError):
-            continue
-    raise LookupError(f"the server with pid {master} serves no stats (start it with --stats-bind)")
-
-
-def fetch(url: str, path: str, timeout: float = 5.0) -> bytes:
-    from urllib.request import urlopen
-
-    with urlopen(url.rstrip("/") + path, timeout=timeout) as resp:
-        return resp.read()
-
-
-def cli(argv: list[str]) -> int:
-    """``ferrocorn stats --json [--stats-url URL | --pid PIDFILE]`` prints one snapshot;
-    ``ferrocorn top [...]`` redraws the table every ``--interval`` seconds."""
-    import argparse
-
-    command, argv = argv[0], argv[1:]
-    top = command == "top"
-    parser = argparse.ArgumentParser(
-        prog=f"ferrocorn {command}",
-        description=(
-            "Show a running server's workers live"
-            if top
-            else "Print one snapshot of a running server's statistics"
-        )
-        + " (the server must run with --stats-bind).",
-    )
-    if top:
-        parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
-        parser.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
-    else:
-        parser.add_argument("--json", action="store_true", help="print the snapshot as JSON")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--stats-url", metavar="URL", help="the server's --stats-bind address")
-    where.add_argument("--pid", metavar="PIDFILE", help="find the server by its pidfile")
-    args = parser.parse_args(argv)
-    try:
-        if args.stats_url:
-            url = args.stats_url
-            if "://" not in url:
-                url = "http://" + url
-        elif args.pid:
-            url = find_stats_url(args.pid)
-        else:
-            url = os.environ.get("FERROCORN_STATS_URL", "")
-            if not url:
-                raise LookupError("give --stats-url URL or --pid PIDFILE")
-        snap = json.loads(fetch(url, "/stats"))
-    except LookupError as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        print(f"Error: no ferrocorn stats server at {url} ({reason})", file=sys.stderr)
-        return 1
-    if top:
-        return run_top(url, snap, args.interval, args.iterations)
-    if args.json:
-        print(json.dumps(snap, indent=1))
-        return 0
-    print(render_text(snap))
-    return 0
-
-
-def run_top(url: str, snap: dict[str, Any], interval: float, iterations: int) -> int:
-    """Redraw the table until Ctrl-C (or ``iterations`` frames, for tests)."""
-    frames = 0
-    try:
-        while True:
-            sys.stdout.write("\x1b[H\x1b[2J" + render_text(snap) + "\n")
-            sys.stdout.flush()
-            frames += 1
-            if iterations and frames >= iterations:
-                return 0
-            time.sleep(max(0.1, interval))
-            try:
-                snap = json.loads(fetch(url, "/stats"))
-            except (OSError, ValueError) as e:
-                print(f"Error: the stats server at {url} stopped answering ({e})", file=sys.stderr)
-                return 1
-    except KeyboardInterrupt:
-        return 0
-
-
-def render_text(snap: dict[str, Any]) -> str:
-    """A plain-text table of a snapshot (``ferrocorn stats`` without ``--json``)."""
-
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v * 1000:.1f}"
-
-    def mib(v: int | None) -> str:
-        return "-" if v is None else f"{v / 1048576:.1f}"
-
-    s = snap["server"]
-    backlog = ",".join(str(b["queued"]) for b in s["listen_backlog"]) or "-"
-    lines = [
-        f"master {snap['master']['pid']}  workers {s['workers']} (busy {s['busy_workers']})  "
-        f"{s['req_per_s']:.1f} req/s  requests {s['requests']}  5xx {s['errors_5xx']}  "
-        f"p50 {ms(s['p50'])} ms  p99 {ms(s['p99'])} ms  backlog {backlog}",
-        f"{'PID':>7} {'STATE':<9} {'REQS':>7} {'REQ/S':>7} {'P50ms':>7} {'P99ms':>7} "
-        f"{'RSS MiB':>8} {'PSS MiB':>8} {'CPU%':>5} {'AGE s':>7}  REQUEST",
-    ]
-    for w in snap["workers"]:
-        cpu = "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.0f}"
-        req = ""
-        if w["state"] == "busy" and w["request"]:
-            req = f"{w['request']} ({w['request_seconds'] or 0:.1f} s)"
-        lines.append(
-            f"{w['pid']:>7} {w['state']:<9} {w['requests']:>7} {w['req_per_s']:>7.1f} "
-            f"{ms(w['p50']):>7} {ms(w['p99']):>7} {mib(w['rss_bytes']):>8} "
-            f"{mib(w['pss_bytes']):>8} {cpu:>5} {w['age']:>7.0f}  {req}"
-        )
-    return "\n".join(lines)
