@@ -5,6 +5,7 @@ path, --control-socket, or --pid. The numbers are checked against what the test 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -45,7 +46,8 @@ def ctl(path, command, request_id=1, timeout=10.0):
     """One request in gunicorn's framing; returns the whole answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
-        s.connect(str(path))
+        # With a timeout, a Unix socket's connect says EAGAIN while the queue is full.
+        until(lambda: s.connect_ex(str(path)) != errno.EAGAIN, what="connect")
         payload = json.dumps({"id": request_id, "command": command, "args": []}).encode()
         s.sendall(struct.pack(">I", len(payload)) + payload)
         return read_frame(s)

@@ -228,7 +228,7 @@ class ControlServer:
         try:
             sock.bind(path)
             os.chmod(path, mode)
-            sock.listen(16)
+            sock.listen(64)
         except OSError:
             sock.close()
             raise
@@ -334,7 +334,7 @@ class ControlServer:
 
     def _accept(self) -> None:
         assert self.sock is not None
-        for _ in range(MAX_CLIENTS):
+        for _ in range(4 * MAX_CLIENTS):  # drain the backlog, evicting idle clients
             try:
                 client, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -648,7 +648,7 @@ def request(path: str, command: str, timeout: float = CLIENT_TIMEOUT) -> Any:
     s.settimeout(timeout)
     try:
         try:
-            s.connect(path)
+            _connect(s, path, timeout)
         except FileNotFoundError:
             raise ControlError(f"no control socket at {path}") from None
         except ConnectionRefusedError:
@@ -660,6 +660,8 @@ def request(path: str, command: str, timeout: float = CLIENT_TIMEOUT) -> Any:
                 f"permission denied on the control socket at {path} (it belongs to another "
                 "user: run as that user, or see --control-socket-mode)"
             ) from None
+        except TimeoutError:
+            raise ControlError(f"the server at {path} is too busy to accept") from None
         except OSError as e:
             raise ControlError(f"cannot connect to {path}: {e.strerror or e}") from None
         try:
@@ -678,6 +680,20 @@ def request(path: str, command: str, timeout: float = CLIENT_TIMEOUT) -> Any:
     if reply.get("status") != "ok":
         raise ControlError(f"the server refused {command!r}: {reply.get('error')}")
     return reply.get("data")
+
+
+def _connect(s: socket.socket, path: str, timeout: float) -> None:
+    """connect(), waiting while the listen queue is full (a Unix socket with a
+    timeout says EAGAIN then, instead of waiting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError from None
+            time.sleep(0.01)
 
 
 def _recv_exactly(s: socket.socket, n: int) -> bytes:
