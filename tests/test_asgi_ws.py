@@ -504,9 +504,23 @@ def test_permessage_deflate_is_negotiated(ws_server):
         assert ws.recv(timeout=10) == "z" * 10000
 
 
-@pytest.mark.xfail(strict=True, reason="Rust + settings: no server keepalive pings "
-                   "(proposed --websocket-ping-interval / --websocket-ping-timeout, "
-                   "uvicorn's --ws-ping-interval / --ws-ping-timeout, 20 s each)")
+def test_answered_keepalive_pings_keep_the_connection(own_server):
+    """A client that answers each ping with a pong stays connected past several ping
+    timeouts, and its messages still echo."""
+    rec = own_server(["--websocket-ping-interval", "0.2", "--websocket-ping-timeout", "0.3"])
+    c = RawWs(rec.srv.address, "/ws/echo?id=ping-answered")
+    for _ in range(5):  # five pings: over a second, several timeouts' worth
+        op, payload = c.recv_frame(timeout=5)
+        assert op == 9
+        c.send(10, payload)
+    c.send(1, b"still here")
+    op, payload = c.recv_frame(timeout=5)
+    while op == 9:  # a ping may come first
+        c.send(10, payload)
+        op, payload = c.recv_frame(timeout=5)
+    assert (op, payload) == (1, b"still here")
+
+
 def test_server_keepalive_ping_and_timeout(own_server):
     rec = own_server(["--websocket-ping-interval", "1", "--websocket-ping-timeout", "1"])
     c = RawWs(rec.srv.address, "/ws/echo?id=ping-timeout")

@@ -377,6 +377,8 @@ class AsgiServer:
             keepalive=float(self.cfg.keepalive),
             graceful_timeout=float(self.cfg.graceful_timeout),
             websocket_max_message_size=int(self.cfg.websocket_max_message_size),
+            websocket_ping_interval=float(self.cfg.websocket_ping_interval),
+            websocket_ping_timeout=float(self.cfg.websocket_ping_timeout),
         )
         asgi = {"version": self.version, "spec_version": "2.3"}
         self.core = _ferrocorn.AsgiWorker(

@@ -136,6 +136,18 @@ def validate_uint(val: Any) -> int:
     return number
 
 
+def validate_seconds(val: Any) -> float:
+    """A non-negative number of seconds (fractions allowed); 0 turns the thing off."""
+    expected = "a non-negative number of seconds"
+    try:
+        number = float(val.strip() if isinstance(val, str) else val)
+    except (TypeError, ValueError):
+        raise ValueError(expected) from None
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(expected)
+    return number
+
+
 def validate_positive_int(val: Any) -> int:
     number = _to_int(val, "a positive integer")
     if number < 1:
@@ -677,6 +689,19 @@ SETTINGS: tuple[Setting, ...] = (
         validate_uint,
         "Largest WebSocket message accepted, in bytes (asgi worker); larger ones close 1009.",
         meta="INT",
+    ),
+    Setting(
+        "websocket_ping_interval", WORKERS,
+        ("--websocket-ping-interval", "--ws-ping-interval"), 20.0, validate_seconds,
+        "Seconds between the server's keepalive pings on each open WebSocket "
+        "(asgi worker; 0 = none). uvicorn's --ws-ping-interval.", meta="SECONDS",
+    ),
+    Setting(
+        "websocket_ping_timeout", WORKERS,
+        ("--websocket-ping-timeout", "--ws-ping-timeout"), 20.0, validate_seconds,
+        "Seconds a WebSocket client gets to answer a keepalive ping before the server "
+        "closes the connection with 1011 (0 = wait forever). uvicorn's --ws-ping-timeout.",
+        meta="SECONDS",
     ),
     Setting(
         "http_parser", WORKERS, ("--http-parser",), "auto", choice("auto", "fast", "python"),

@@ -42,7 +42,7 @@ use crate::worker::aio::{
     block_async_signals, close_gracefully, compact, sleep_until_opt, IoListener, IoStream,
 };
 use crate::worker::sync::{
-    drain_pipe, get, inherited_listeners, is_transient_accept_error, Options,
+    drain_pipe, get, get_or, inherited_listeners, is_transient_accept_error, Options,
 };
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::Trust;
@@ -72,6 +72,10 @@ struct Cfg {
     trust: Trust,
     /// `--websocket-max-message-size` (0: the default).
     ws_max_message: usize,
+    /// `--websocket-ping-interval`: keepalive pings (None: off).
+    ws_ping_interval: Option<Duration>,
+    /// `--websocket-ping-timeout`: how long a ping may go unanswered (None: forever).
+    ws_ping_timeout: Option<Duration>,
 }
 
 impl Cfg {
@@ -253,6 +257,8 @@ impl AsgiWorker {
                 Some(v) => v.extract::<usize>()?,
                 None => WS_MAX_MESSAGE,
             },
+            ws_ping_interval: secs(get_or(options, "websocket_ping_interval", 20.0)?),
+            ws_ping_timeout: secs(get_or(options, "websocket_ping_timeout", 20.0)?),
         };
         let mut ls = Vec::new();
         let mut servers = Vec::new();
@@ -1729,9 +1735,37 @@ async fn run_ws<S>(
         shared.event(Event::WsClosed { id, code, reason });
     };
     let mut stop = shared.stop_tx.subscribe();
+    // Keepalive pings, as uvicorn (the websockets library) sends them: one every
+    // interval; a ping unanswered for the timeout closes the connection with 1011.
+    let interval = shared.cfg.ws_ping_interval;
+    let mut next_ping = interval.map(|i| Instant::now() + i);
+    let mut pong_due: Option<Instant> = None;
     loop {
         tokio::select! {
+            _ = sleep_until_opt(next_ping) => {
+                next_ping = interval.map(|i| Instant::now() + i);
+                if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    closed(1006, String::new());
+                    return;
+                }
+                if pong_due.is_none() {
+                    pong_due = shared.cfg.ws_ping_timeout.map(|t| Instant::now() + t);
+                }
+            }
+            _ = sleep_until_opt(pong_due) => {
+                let _ = tokio::time::timeout(
+                    WS_CLOSE_WAIT,
+                    ws.send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Error,
+                        reason: "keepalive ping timeout".into(),
+                    }))),
+                )
+                .await;
+                closed(1011, "keepalive ping timeout".to_owned());
+                return;
+            }
             msg = ws.next() => match msg {
+                Some(Ok(Message::Pong(_))) => pong_due = None,
                 Some(Ok(Message::Text(t))) => shared.event(Event::WsMessage {
                     id,
                     text: Some(t.as_str().to_owned()),

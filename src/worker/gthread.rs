@@ -40,8 +40,8 @@ use crate::worker::aio::{
     block_async_signals, close_gracefully, compact, sleep_until_opt, IoListener, IoStream,
 };
 use crate::worker::sync::{
-    drain_pipe, get, hooks_from, inherited_listeners, is_transient_accept_error, micros_since,
-    Options,
+    drain_pipe, get, get_or, hooks_from, inherited_listeners, is_transient_accept_error,
+    micros_since, Options,
 };
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::{EnvironBuilder, ListenerInfo};
@@ -242,17 +242,6 @@ pub struct GthreadWorker {
     setup: Mutex<Option<Setup>>,
     notify_r: StdUnixStream,
     log: Py<PyAny>,
-}
-
-fn get_or<'py, T: pyo3::conversion::FromPyObjectOwned<'py>>(
-    d: &Bound<'py, PyDict>,
-    key: &str,
-    default: T,
-) -> PyResult<T> {
-    match d.get_item(key)? {
-        Some(_) => get(d, key),
-        None => Ok(default),
-    }
 }
 
 fn secs(v: f64) -> Option<Duration> {

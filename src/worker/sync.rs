@@ -45,6 +45,18 @@ pub(crate) struct Options {
     pub(crate) access: Option<AccessLog>,
 }
 
+/// A worker option that may be absent (older callers, tests): `default` then.
+pub(crate) fn get_or<'py, T: FromPyObjectOwned<'py>>(
+    d: &Bound<'py, PyDict>,
+    key: &str,
+    default: T,
+) -> PyResult<T> {
+    match d.get_item(key)? {
+        Some(_) => get(d, key),
+        None => Ok(default),
+    }
+}
+
 pub(crate) fn get<'py, T: FromPyObjectOwned<'py>>(
     d: &Bound<'py, PyDict>,
     key: &str,
