@@ -19,6 +19,10 @@ def run(argv: list[str]) -> int:
         from ferrocorn.top import cli
 
         return cli(argv)
+    if argv[:1] == ["advise"]:
+        from ferrocorn.advise import cli as advise_cli
+
+        return advise_cli(argv)
     try:
         cfg, app_uri = load_config(argv, os.environ)
     except ConfigError as e:

@@ -205,6 +205,10 @@ def split_request(m: Measurement, warnings: list[str]) -> Split:
     """Per request: wall time w = c (CPU) + q (run queue) + g (GIL) + io."""
     if m.requests <= 0:
         raise AdviseError("no request was served during the measurement")
+    if m.worker_class not in ("sync", "gthread"):
+        raise AdviseError(
+            f"advise sizes WSGI servers (sync, gthread); this one runs -k {m.worker_class}"
+        )
     c = m.cpu_seconds / m.requests
     w = m.busy_seconds / m.requests
     q = (m.wait_seconds or 0.0) / m.requests

@@ -248,3 +248,8 @@ def test_window_takes_deltas_per_worker_and_follows_new_ones():
     assert m.restarts == 1  # pid 2 appeared during the window
     assert m.worker_uss == 30 * MIB
     assert 8.192e-3 < m.latency["p50"] < 16.384e-3
+
+
+def test_asgi_servers_are_refused():
+    with pytest.raises(AdviseError, match="-k asgi"):
+        recommend(measure(cpu_ms=1, io_ms=1, worker_class="asgi"))
