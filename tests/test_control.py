@@ -212,6 +212,8 @@ def test_gunicorn_protocol_and_commands(server):
     assert bad == {"id": 8, "status": "error", "error": "unknown command 'frobnicate'; try help"}
 
     assert ctl(path, "worker add 2")["data"] == {"added": 2, "previous": 2, "total": 4}
+    too_many = ctl(path, "worker add 100000")
+    assert too_many["status"] == "error" and "scoreboard" in too_many["error"]
     srv.wait_workers(4)
     assert ctl(path, "worker remove 3")["data"]["total"] == 1
     (survivor,) = srv.wait_workers(1)

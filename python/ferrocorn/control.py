@@ -298,7 +298,8 @@ class ControlServer:
         readers: list[Any] = [self.sock]
         writers: list[Any] = []
         for conn in self.conns:
-            (writers if conn.out else readers).append(conn)
+            if conn.sock.fileno() >= 0:
+                (writers if conn.out else readers).append(conn)
         return readers, writers
 
     def timeout(self, default: float) -> float:
@@ -469,6 +470,8 @@ class ControlServer:
             count = _count(rest[1:])
             old = arb.num_workers
             new = old + count if action == "add" else max(1, old - count)
+            if new > arb.board.capacity:
+                raise ValueError(f"at most {arb.board.capacity} workers (the scoreboard's slots)")
             if new != old:
                 arb.set_num_workers(new)  # the loop spawns or retires workers next
             key = "added" if action == "add" else "removed"
