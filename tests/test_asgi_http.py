@@ -318,9 +318,6 @@ def test_response_trailers(checks, helpers):
     assert b"\r\n0\r\nx-checksum: abc\r\n\r\n" in bytes(raw).lower()
 
 
-@pytest.mark.xfail(strict=True, reason="Rust + asgi.py: --asgi-disconnect-grace-period is "
-                   "not implemented (an app ignoring a client disconnect is never "
-                   "cancelled)")
 def test_disconnect_grace_period_cancels_the_app(server, tmp_path, helpers):
     out = tmp_path / "out"
     out.mkdir()

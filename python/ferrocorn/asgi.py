@@ -60,7 +60,16 @@ def choose_loop(name: str) -> asyncio.AbstractEventLoop:
 class Cycle:
     """One HTTP request: the app's ``receive`` and ``send``."""
 
-    __slots__ = ("body", "conn", "disconnected", "drain", "more_body", "scope", "waiter")
+    __slots__ = (
+        "body",
+        "conn",
+        "disconnected",
+        "drain",
+        "more_body",
+        "scope",
+        "task",
+        "waiter",
+    )
 
     def __init__(self, conn: Any, scope: dict, body: bytes, more_body: bool) -> None:
         self.conn = conn
@@ -72,6 +81,7 @@ class Cycle:
         self.waiter: asyncio.Future[dict] | None = None
         self.drain: asyncio.Future[None] | None = None
         self.disconnected = False
+        self.task: asyncio.Task | None = None
 
     async def receive(self) -> dict:
         if self.body is not None:
@@ -447,6 +457,7 @@ class AsgiServer:
                     cycle = Cycle(conn, scope, ev[3], ev[4])
                     cycles[conn.id] = cycle
                     task = asyncio.get_running_loop().create_task(self._run(cycle))
+                    cycle.task = task
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             elif kind == 1:
@@ -457,6 +468,7 @@ class AsgiServer:
                 c = cycles.get(ev[1])
                 if c is not None:
                     c.on_disconnect()
+                    self._cancel_after_grace(c)
             elif kind == 3:
                 c = cycles.get(ev[1])
                 if c is not None:
@@ -472,6 +484,31 @@ class AsgiServer:
             elif kind == 4:
                 if self.done is not None and not self.done.done():
                     self.done.set_result(None)
+
+    def _cancel_after_grace(self, cycle: Any) -> None:
+        """``--asgi-disconnect-grace-period``: an app still producing a response for a
+        client that is gone gets that long to notice (its receive() says
+        ``http.disconnect``, its send() raises), then its task is cancelled. An app
+        whose response is complete is left alone: after the response Starlette runs
+        background tasks in the same call, and those must not die with the client."""
+        grace = float(self.cfg.asgi_disconnect_grace_period)
+        task = getattr(cycle, "task", None)
+        if grace <= 0 or task is None or cycle.conn.complete:
+            return
+
+        def cancel() -> None:
+            if not task.done() and not cycle.conn.complete:
+                scope = cycle.scope
+                self.log.info(
+                    "Cancelling the ASGI app for %s %s: its client disconnected %g s ago "
+                    "(--asgi-disconnect-grace-period)",
+                    scope.get("method", ""),
+                    scope.get("path", ""),
+                    grace,
+                )
+                task.cancel()
+
+        asyncio.get_running_loop().call_later(grace, cancel)
 
     async def _run(self, cycle: Cycle) -> None:
         conn = cycle.conn

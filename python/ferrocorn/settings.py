@@ -681,8 +681,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "asgi_disconnect_grace_period", WORKERS, ("--asgi-disconnect-grace-period",), 3,
-        validate_uint, "Seconds an ASGI app gets to notice a client disconnect.",
-        meta="INT", status=NOT_YET,
+        validate_uint,
+        "Seconds an ASGI app still producing a response gets, after its client "
+        "disconnected, before its task is cancelled (0 = never cancel, as uvicorn).",
+        meta="INT",
     ),
     Setting(
         "websocket_max_message_size", WORKERS, ("--websocket-max-message-size",), 16777216,
