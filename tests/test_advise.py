@@ -160,3 +160,18 @@ def test_idle_server_is_one_error_line(server, cli):
     url = srv.wait_for_log(STATS_RE.pattern).group(1)
     line = _one_error_line(cli(["advise", "--stats-url", url, "--duration", "1"]))
     assert "served no request" in line
+
+
+def test_running_server_found_by_pidfile_through_its_control_socket(server, cli, tmp_path):
+    """No --stats-bind: advise finds the master's control socket from its pidfile."""
+    pidfile = tmp_path / "server.pid"
+    srv = server(["-w", "2", "--pid", str(pidfile), "--control-socket", str(tmp_path / "c.ctl")],
+                 "advisapps:sleepy")
+    with Load(srv.port, 4) as traffic:
+        deadline = time.monotonic() + 20
+        while traffic.done < 20:
+            assert time.monotonic() < deadline, srv.log()
+            time.sleep(0.05)
+        report = advise_json(cli, "--pid", str(pidfile), "--duration", "2")
+    assert "c.ctl" in report["source"]
+    assert report["settings"]["worker_class"]["value"] == "gthread"

@@ -3,9 +3,9 @@ max-requests from measurements, each with its reason and the numbers behind it.
 
 Two ways to measure (see docs/advise.md):
 
-- against a running server (``--stats-url URL`` or ``--pid PIDFILE``; it must run with
-  ``--stats-bind``): its ``/stats`` snapshots are sampled for ``--duration`` seconds
-  of real traffic;
+- against a running server, found as ``ferrocorn stats`` finds it (``--control-socket``,
+  ``--pid``, ``--stats-url``, else the default control socket): its stats snapshots
+  are sampled for ``--duration`` seconds of real traffic;
 - ``ferrocorn advise APP_MODULE``: ferrocorn is started on a free loopback port with
   sync workers, loaded by a small load generator in this process (threads on raw
   sockets, one request per connection) for ``--duration`` seconds, then stopped.
@@ -989,13 +989,8 @@ def open_feed(args: argparse.Namespace) -> Feed:
     """The running server, found as ``ferrocorn stats`` finds it (top.py): by
     --control-socket, --pid, --stats-url or $FERROCORN_STATS_URL, else at the default
     control socket."""
-    try:
-        from ferrocorn import top
-    except ImportError:  # before the control socket: --stats-url only
-        url = args.stats_url or os.environ.get("FERROCORN_STATS_URL", "")
-        if not url:
-            raise AdviseError("give APP_MODULE or --stats-url URL") from None
-        return http_feed(url)
+    from ferrocorn import top
+
     try:
         src = top.find_source(args)
     except top.NoServer as e:
