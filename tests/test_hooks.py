@@ -229,6 +229,28 @@ def test_pre_and_post_request_hooks(hooked):
     assert post["status"] == "404"
 
 
+@pytest.mark.ferrocorn_only
+def test_pre_and_post_request_hooks_on_asgi(hooked):
+    """The asgi worker calls the same request hooks; ``environ`` is the ASGI scope."""
+    srv, hooks = hooked(("--workers", "1", "-k", "asgi", "--asgi-lifespan", "off"),
+                        app="asgiapps:app")
+    [worker] = srv.wait_workers(1)
+    hooks.wait("post_worker_init")
+    r = srv.get("/somewhere?x=1", headers={"X-Hook-Test": "hello"})
+    assert r.status == 200
+    [pre] = hooks.wait("pre_request", path="/somewhere")
+    assert pre == {"getpid": str(worker), "worker_pid": str(worker), "method": "GET",
+                   "path": "/somewhere", "x_hook": "hello"}
+    [post] = hooks.wait("post_request", path="/somewhere")
+    assert (post["getpid"], post["method"], post["status"]) == (str(worker), "GET", "200")
+    assert hooks.index("pre_request", path="/somewhere") < hooks.index(
+        "post_request", path="/somewhere")
+    r = srv.get("/error-before")
+    assert r.status == 500
+    [post] = hooks.wait("post_request", path="/error-before")
+    assert post["status"] == "500"
+
+
 BAD_HOOKS = {
     "on_starting": "def on_starting():\n    pass\n",
     "post_fork": "def post_fork(server):\n    pass\n",

@@ -124,6 +124,28 @@ def test_busy_worker_shows_its_request(server):
     assert w[0]["p99"] >= 1.0  # the 2 s request is in the histogram's tail
 
 
+def test_busy_asgi_worker_shows_its_oldest_request(server):
+    """An asgi worker shows the oldest request whose app is still running."""
+    srv, url = start(server, ["-w", "1", "-k", "asgi", "--asgi-lifespan", "off"],
+                     app="asgiapps:app")
+    booted(url, 1)
+    slow = threading.Thread(target=lambda: srv.get("/sleep?3"))
+    slow.start()
+    try:
+        wait_until(lambda: stats(url)["workers"][0]["state"] == "busy", what="busy")
+        # A later, shorter request does not replace the older one in the slot.
+        assert srv.get("/sleep?0.3").status == 200
+        w = wait_until(
+            lambda: [w for w in stats(url)["workers"]
+                     if w["state"] == "busy" and (w["request_seconds"] or 0) > 0.5],
+            what="the slow request, still running",
+        )[0]
+        assert w["request"] == "GET /sleep"
+    finally:
+        slow.join()
+    wait_until(lambda: stats(url)["workers"][0]["state"] == "idle", what="idle again")
+
+
 def test_memory_matches_proc(server):
     srv, url = start(server, ["-w", "2"])
     snap = booted(url, 2)

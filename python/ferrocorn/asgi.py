@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+from http import HTTPStatus
 from typing import Any
 
 from ferrocorn import _ferrocorn
 
 DISCONNECT = {"type": "http.disconnect"}
+_PHRASES = frozenset(int(s) for s in HTTPStatus)
 PATHSEND_PIECE = 256 * 1024
 
 
@@ -366,6 +368,8 @@ class AsgiServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self.core: Any = None
         self.done: asyncio.Future[None] | None = None
+        # pre_request/post_request, as the WSGI workers call them (None: not set).
+        self.hooks: dict[str, Any] | None = worker.hooks()
 
     def run(self) -> None:
         loop = choose_loop(str(self.cfg.asgi_loop))
@@ -510,7 +514,58 @@ class AsgiServer:
 
         asyncio.get_running_loop().call_later(grace, cancel)
 
+    def _hook_request(self, scope: dict) -> Any:
+        """gunicorn's ``req`` for the hooks, from the scope."""
+        assert self.hooks is not None
+        path = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string", b"").decode("latin-1")
+        path_text = path.decode("latin-1")
+        uri = f"{path_text}?{query}" if query else path_text
+        major, _, minor = scope.get("http_version", "1.1").partition(".")
+        headers = [(n.decode("latin-1").upper(), v.decode("latin-1")) for n, v in scope["headers"]]
+        return self.hooks["make_request"](
+            scope["method"], uri, path_text, query, "", (int(major), int(minor or 0)), headers
+        )
+
+    def _post_request(self, req: Any, scope: dict, conn: Any) -> None:
+        assert self.hooks is not None
+        post = self.hooks["post_request"]
+        if post is None:
+            return
+        try:
+            status = int(conn.status)
+            resp = self.hooks["make_response"](
+                f"{status} {HTTPStatus(status).phrase}" if status in _PHRASES else str(status),
+                status,
+                conn.response_headers,
+                int(conn.bytes_sent),
+            )
+            post(self.worker, req, scope, resp)
+        except Exception:
+            self.log.exception("Exception in post_request hook")
+
     async def _run(self, cycle: Cycle) -> None:
+        conn = cycle.conn
+        req = None
+        if self.hooks is not None:
+            scope = cycle.scope
+            try:
+                req = self._hook_request(scope)
+                pre = self.hooks["pre_request"]
+                if pre is not None:
+                    pre(self.worker, req)
+            except Exception:
+                self.log.exception("Error handling request %s %s", scope["method"], scope["path"])
+                conn.end()  # nothing sent yet: 500
+                self.cycles.pop(conn.id, None)
+                return
+        try:
+            await self._call_app(cycle)
+        finally:
+            if req is not None:
+                self._post_request(req, cycle.scope, conn)
+
+    async def _call_app(self, cycle: Cycle) -> None:
         conn = cycle.conn
         try:
             result = await self.app(cycle.scope, cycle.receive, cycle.send)

@@ -92,6 +92,11 @@ class Watch:
         timeout = float(arb.cfg.timeout)
         threads = max(1, int(arb.cfg.threads))
         gthread = arb.cfg.worker_class_str == "gthread"
+        # An asgi worker serves up to --worker-connections requests at once; "busy"
+        # (an app running) says nothing about capacity, and its --timeout is about a
+        # blocked event loop, not a long request (a WebSocket lasts for hours).
+        asgi = arb.cfg.worker_class_str == "asgi"
+        connections = max(1, int(arb.cfg.worker_connections))
         snaps = []
         for pid, worker in list(arb.workers.items()):
             snap = arb.board.snapshot(worker.slot)
@@ -101,6 +106,8 @@ class Watch:
 
         # Every worker busy.
         def busy(snap: dict[str, Any]) -> bool:
+            if asgi:
+                return snap["busy_threads"] >= connections
             if gthread:
                 return snap["busy_threads"] >= threads
             return snap["state"] in ("busy", "io")
@@ -109,7 +116,13 @@ class Watch:
             if self.all_busy_since is None:
                 self.all_busy_since = now
             elif now - self.all_busy_since >= ALL_BUSY_AFTER:
-                what = f"{len(snaps)} workers" + (f" x {threads} threads" if gthread else "")
+                what = f"{len(snaps)} workers" + (
+                    f" x {threads} threads"
+                    if gthread
+                    else f" x {connections} connections"
+                    if asgi
+                    else ""
+                )
                 self.warn(
                     "all_busy",
                     "All %s have been busy for %.0f s: new requests wait in the listen "
@@ -121,7 +134,7 @@ class Watch:
             self.all_busy_since = None
 
         # Requests close to the timeout.
-        if timeout > 0:
+        if timeout > 0 and not asgi:
             for pid, snap in snaps:
                 age = snap["request_age"]
                 if snap["state"] != "busy" or not age or age < NEAR_TIMEOUT * timeout:

@@ -16,6 +16,7 @@
 //!   queued ([`HIGH_WATER`]); above it `send()` waits until the I/O thread has written
 //!   enough (the `Drained` event).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -177,6 +178,9 @@ struct Shared {
     /// Last I/O-thread tick, CLOCK_MONOTONIC ms.
     io_beat: AtomicU64,
     access: Option<AccessLog>,
+    /// "METHOD /path" and start (CLOCK_MONOTONIC ms) of every request whose app is
+    /// running, by id; the oldest goes into the scoreboard for `top` and `/stats`.
+    running: Mutex<BTreeMap<u64, (String, u64)>>,
 }
 
 impl Shared {
@@ -291,6 +295,7 @@ impl AsgiWorker {
             active: AtomicUsize::new(0),
             io_beat: AtomicU64::new(now_ms()),
             access: opts.access,
+            running: Mutex::new(BTreeMap::new()),
         };
         Ok(AsgiWorker {
             shared: Arc::new(shared),
@@ -368,6 +373,9 @@ impl AsgiWorker {
             } else {
                 SlotState::Idle
             };
+            if let Some((text, started)) = lock(&self.shared.running).values().next() {
+                s.set_request_text(text, *started);
+            }
             s.set_state(state);
             s.set_gauges(
                 0,
@@ -606,6 +614,8 @@ struct ConnInner {
 impl Conn {
     fn new(shared: &Arc<Shared>, req: NewRequest) -> Conn {
         shared.active.fetch_add(1, Ordering::Relaxed);
+        let text = format!("{} {}", req.head.method, req.head.split_target().0);
+        lock(&shared.running).insert(req.id, (text, now_ms()));
         Conn {
             id: req.id,
             expect_continue: req.head.expect_continue,
@@ -667,6 +677,7 @@ impl Conn {
         if inner.active {
             inner.active = false;
             self.shared.active.fetch_sub(1, Ordering::Relaxed);
+            lock(&self.shared.running).remove(&self.id);
             if let Some(s) = self.shared.slot() {
                 let micros = u64::try_from(inner.started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 s.add_request(micros, inner.status);
@@ -899,6 +910,28 @@ impl Conn {
     #[getter]
     fn complete(&self) -> bool {
         matches!(lock(&self.inner).resp, Resp::Done)
+    }
+
+    /// The response status (0 before `http.response.start`), for `post_request`.
+    #[getter]
+    fn status(&self) -> u16 {
+        let inner = lock(&self.inner);
+        match &inner.resp {
+            Resp::Started { status, .. } => *status,
+            _ => inner.status,
+        }
+    }
+
+    /// Body bytes sent so far, for `post_request`.
+    #[getter]
+    fn bytes_sent(&self) -> u64 {
+        lock(&self.inner).sent
+    }
+
+    /// The response headers as sent (names as the app gave them), for `post_request`.
+    #[getter]
+    fn response_headers(&self) -> Vec<(String, String)> {
+        lock(&self.inner).log_headers.clone()
     }
 
     /// Whether the client went away.
@@ -1149,6 +1182,7 @@ impl Drop for Conn {
         if inner.active {
             inner.active = false;
             self.shared.active.fetch_sub(1, Ordering::Relaxed);
+            lock(&self.shared.running).remove(&self.id);
         }
     }
 }
