@@ -14,6 +14,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -495,13 +496,74 @@ def test_after_denial_or_rejection_receive_is_disconnect(ws_server):
 # --------------------------------------------------------------------------- not yet
 
 
-@pytest.mark.xfail(strict=True, reason="Rust: permessage-deflate (RFC 7692) not negotiated")
 def test_permessage_deflate_is_negotiated(ws_server):
     with _connect(ws_server.url("/ws/echo"), compression="deflate") as ws:
         assert "permessage-deflate" in (ws.response.headers.get("sec-websocket-extensions")
                                         or "")
         ws.send("z" * 10000)
         assert ws.recv(timeout=10) == "z" * 10000
+
+
+def test_permessage_deflate_on_the_wire(ws_server):
+    """Frames really are compressed both ways (RSV1 set), with the negotiated
+    no-context-takeover parameters echoed, over a raw socket and Python's zlib."""
+    sock = socket.create_connection((ws_server.srv.host, ws_server.srv.port), timeout=10)
+    try:
+        sock.sendall(
+            b"GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate; "
+            b"server_no_context_takeover; client_no_context_takeover\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(4096)
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        assert (b"sec-websocket-extensions: permessage-deflate; server_no_context_takeover; "
+                b"client_no_context_takeover") in head.lower()
+        text = ("to be or not to be, " * 500).encode()
+        for _ in range(2):  # a fresh context each time: both messages must decode alone
+            comp = zlib.compressobj(wbits=-15)
+            body = comp.compress(text) + comp.flush(zlib.Z_SYNC_FLUSH)
+            assert body.endswith(b"\x00\x00\xff\xff")
+            body = body[:-4]
+            mask = b"\x09\x08\x07\x06"
+            masked = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+            assert len(body) < 65536
+            sock.sendall(bytes([0xC1, 0x80 | 126]) + struct.pack("!H", len(body)) + mask
+                         + masked)
+            while len(buf) < 4:
+                buf += sock.recv(65536)
+            assert buf[0] == 0xC1, hex(buf[0])  # FIN, RSV1 (compressed), text
+            n, start = buf[1] & 0x7F, 2
+            if n == 126:
+                n, start = struct.unpack("!H", buf[2:4])[0], 4
+            while len(buf) < start + n:
+                buf += sock.recv(65536)
+            payload, buf = buf[start:start + n], buf[start + n:]
+            assert n < len(text) // 10
+            inflated = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
+            assert inflated == text
+    finally:
+        sock.close()
+
+
+def test_permessage_deflate_can_be_turned_off(own_server):
+    rec = own_server(["--websocket-per-message-deflate", "false"])
+    with _connect(rec.url("/ws/echo"), compression="deflate") as ws:
+        assert ws.response.headers.get("sec-websocket-extensions") is None
+        ws.send("z" * 10000)
+        assert ws.recv(timeout=10) == "z" * 10000
+
+
+def test_deflated_messages_keep_their_context_across_many_messages(ws_server):
+    with _connect(ws_server.url("/ws/echo"), compression="deflate") as ws:
+        for i in range(50):
+            msg = f"{i} " + "abcdefgh" * (i * 40)
+            ws.send(msg)
+            assert ws.recv(timeout=10) == msg
+        ws.send(bytes(range(256)) * 100)
+        assert ws.recv(timeout=10) == bytes(range(256)) * 100
 
 
 def test_answered_keepalive_pings_keep_the_connection(own_server):

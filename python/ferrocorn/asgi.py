@@ -391,6 +391,7 @@ class AsgiServer:
             keepalive=float(self.cfg.keepalive),
             graceful_timeout=float(self.cfg.graceful_timeout),
             websocket_max_message_size=int(self.cfg.websocket_max_message_size),
+            websocket_per_message_deflate=bool(self.cfg.websocket_per_message_deflate),
             websocket_ping_interval=float(self.cfg.websocket_ping_interval),
             websocket_ping_timeout=float(self.cfg.websocket_ping_timeout),
         )

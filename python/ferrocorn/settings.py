@@ -693,6 +693,12 @@ SETTINGS: tuple[Setting, ...] = (
         meta="INT",
     ),
     Setting(
+        "websocket_per_message_deflate", WORKERS,
+        ("--websocket-per-message-deflate", "--ws-per-message-deflate"), True, validate_bool,
+        "Accept the permessage-deflate WebSocket extension (RFC 7692) when a client offers "
+        "it (asgi worker). uvicorn's --ws-per-message-deflate.", meta="BOOL",
+    ),
+    Setting(
         "websocket_ping_interval", WORKERS,
         ("--websocket-ping-interval", "--ws-ping-interval"), 20.0, validate_seconds,
         "Seconds between the server's keepalive pings on each open WebSocket "

@@ -45,6 +45,7 @@ use crate::worker::aio::{
 use crate::worker::sync::{
     drain_pipe, get, get_or, inherited_listeners, is_transient_accept_error, Options,
 };
+use crate::worker::ws::{DeflateParams, Incoming, WsConn};
 use crate::worker::{Phase, PhaseCell};
 use crate::wsgi::environ::Trust;
 
@@ -73,6 +74,8 @@ struct Cfg {
     trust: Trust,
     /// `--websocket-max-message-size` (0: the default).
     ws_max_message: usize,
+    /// `--websocket-per-message-deflate`: accept permessage-deflate offers.
+    ws_deflate: bool,
     /// `--websocket-ping-interval`: keepalive pings (None: off).
     ws_ping_interval: Option<Duration>,
     /// `--websocket-ping-timeout`: how long a ping may go unanswered (None: forever).
@@ -146,7 +149,8 @@ enum Cmd {
     /// Close now (an error after the response started).
     Abort,
     /// The `101 Switching Protocols` answer: the connection becomes a WebSocket.
-    WsAccept(Vec<u8>),
+    /// The 101 answer, and permessage-deflate if it was agreed.
+    WsAccept(Vec<u8>, Option<DeflateParams>),
     WsText(String),
     WsBinary(Vec<u8>),
     WsClose(u16, String),
@@ -261,6 +265,7 @@ impl AsgiWorker {
                 Some(v) => v.extract::<usize>()?,
                 None => WS_MAX_MESSAGE,
             },
+            ws_deflate: get_or(options, "websocket_per_message_deflate", true)?,
             ws_ping_interval: secs(get_or(options, "websocket_ping_interval", 20.0)?),
             ws_ping_timeout: secs(get_or(options, "websocket_ping_timeout", 20.0)?),
         };
@@ -1047,6 +1052,18 @@ impl Conn {
             out.extend_from_slice(p.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        let deflate = match inner.head.header("sec-websocket-extensions") {
+            Some(offer) if self.shared.cfg.ws_deflate => {
+                DeflateParams::negotiate(&String::from_utf8_lossy(offer))
+            }
+            _ => None,
+        };
+        let deflate = deflate.map(|(params, answer)| {
+            out.extend_from_slice(b"sec-websocket-extensions: ");
+            out.extend_from_slice(answer.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            params
+        });
         let mut has_server = false;
         let mut has_date = false;
         for (n, v) in &hs {
@@ -1070,7 +1087,7 @@ impl Conn {
         inner.resp = Resp::Streaming {
             framing: Framing::None,
         };
-        let _ = self.tx.send(Cmd::WsAccept(out));
+        let _ = self.tx.send(Cmd::WsAccept(out, deflate));
         self.access_log(&inner);
         Ok(())
     }
@@ -1708,7 +1725,7 @@ async fn serve_ws(
                 let _ = io.write_all(&bytes).await;
                 cs.buffered.fetch_sub(n, Ordering::AcqRel);
             }
-            Some(Cmd::WsAccept(bytes)) => {
+            Some(Cmd::WsAccept(bytes, deflate)) => {
                 if io.write_all(&bytes).await.is_err() {
                     cs.closed.store(true, Ordering::Release);
                     shared.event(Event::WsClosed {
@@ -1718,20 +1735,20 @@ async fn serve_ws(
                     });
                     return;
                 }
-                break true;
+                break Some(deflate);
             }
-            Some(Cmd::End { .. }) | Some(Cmd::Abort) | None => break false,
+            Some(Cmd::End { .. }) | Some(Cmd::Abort) | None => break None,
             Some(_) => {}
         }
     };
-    if !accepted {
+    let Some(deflate) = accepted else {
         close_gracefully(io).await;
         return;
-    }
+    };
     let leftover = buf.get(pos..).map(<[u8]>::to_vec).unwrap_or_default();
     match io {
-        IoStream::Tcp(s) => run_ws(shared, s, leftover, id, &cs, rx).await,
-        IoStream::Unix(s) => run_ws(shared, s, leftover, id, &cs, rx).await,
+        IoStream::Tcp(s) => run_ws(shared, s, leftover, id, &cs, rx, deflate).await,
+        IoStream::Unix(s) => run_ws(shared, s, leftover, id, &cs, rx, deflate).await,
     }
 }
 
@@ -1742,28 +1759,15 @@ async fn run_ws<S>(
     id: u64,
     cs: &ConnShared,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
+    deflate: Option<DeflateParams>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-
     let max = match shared.cfg.ws_max_message {
         0 => WS_MAX_MESSAGE,
         n => n,
     };
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
-    let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(
-        stream,
-        leftover,
-        Role::Server,
-        Some(config),
-    )
-    .await;
+    let mut ws = WsConn::new(stream, leftover, max, deflate);
     let closed = |code: u16, reason: String| {
         cs.closed.store(true, Ordering::Release);
         shared.event(Event::WsClosed { id, code, reason });
@@ -1778,7 +1782,7 @@ async fn run_ws<S>(
         tokio::select! {
             _ = sleep_until_opt(next_ping) => {
                 next_ping = interval.map(|i| Instant::now() + i);
-                if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                if ws.send_ping(b"").await.is_err() {
                     closed(1006, String::new());
                     return;
                 }
@@ -1787,91 +1791,73 @@ async fn run_ws<S>(
                 }
             }
             _ = sleep_until_opt(pong_due) => {
-                let _ = tokio::time::timeout(
-                    WS_CLOSE_WAIT,
-                    ws.send(Message::Close(Some(CloseFrame {
-                        code: CloseCode::Error,
-                        reason: "keepalive ping timeout".into(),
-                    }))),
-                )
-                .await;
-                closed(1011, "keepalive ping timeout".to_owned());
+                let reason = "keepalive ping timeout";
+                let _ = tokio::time::timeout(WS_CLOSE_WAIT, ws.send_close(Some((1011, reason))))
+                    .await;
+                closed(1011, reason.to_owned());
                 return;
             }
             msg = ws.next() => match msg {
-                Some(Ok(Message::Pong(_))) => pong_due = None,
-                Some(Ok(Message::Text(t))) => shared.event(Event::WsMessage {
+                Ok(Incoming::Text(t)) => shared.event(Event::WsMessage {
                     id,
-                    text: Some(t.as_str().to_owned()),
+                    text: Some(t),
                     bytes: None,
                 }),
-                Some(Ok(Message::Binary(b))) => shared.event(Event::WsMessage {
+                Ok(Incoming::Binary(b)) => shared.event(Event::WsMessage {
                     id,
                     text: None,
-                    bytes: Some(b.to_vec()),
+                    bytes: Some(b),
                 }),
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = match frame {
-                        Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),
-                        None => (1005, String::new()),
-                    };
+                Ok(Incoming::Ping(p)) => {
+                    if ws.send_pong(&p).await.is_err() {
+                        closed(1006, String::new());
+                        return;
+                    }
+                }
+                Ok(Incoming::Pong) => pong_due = None,
+                Ok(Incoming::Close(frame)) => {
+                    // Echo the client's code in our close reply (RFC 6455 §5.5.1).
+                    let reply = frame.as_ref().map(|(c, _)| (*c, ""));
+                    let _ = tokio::time::timeout(WS_CLOSE_WAIT, ws.send_close(reply)).await;
+                    let (code, reason) = frame.unwrap_or((1005, String::new()));
                     closed(code, reason);
-                    // tungstenite queued the close reply; flush it.
-                    let _ = tokio::time::timeout(WS_CLOSE_WAIT, ws.flush()).await;
                     return;
                 }
-                Some(Ok(_)) => {}
-                Some(Err(WsError::Capacity(_))) => {
-                    let _ = tokio::time::timeout(
-                        WS_CLOSE_WAIT,
-                        ws.send(Message::Close(Some(CloseFrame {
-                            code: CloseCode::Size,
-                            reason: "".into(),
-                        }))),
-                    )
-                    .await;
-                    closed(1009, String::new());
-                    return;
-                }
-                Some(Err(_)) | None => {
-                    closed(1006, String::new());
+                Err(e) => {
+                    if let Some(code) = e.close_code() {
+                        let _ = tokio::time::timeout(
+                            WS_CLOSE_WAIT,
+                            ws.send_close(Some((code, ""))),
+                        )
+                        .await;
+                        closed(code, String::new());
+                    } else {
+                        closed(1006, String::new());
+                    }
                     return;
                 }
             },
             cmd = rx.recv() => match cmd {
                 Some(Cmd::WsText(t)) => {
                     let n = t.len().max(1);
-                    let r = ws.send(Message::Text(t.into())).await;
-                    let left = cs.buffered.fetch_sub(n, Ordering::AcqRel) - n;
-                    if left <= HIGH_WATER && cs.want_drain.swap(false, Ordering::SeqCst) {
-                        shared.event(Event::Drained(id));
-                    }
-                    if r.is_err() {
+                    let r = ws.send_data(true, t.as_bytes()).await;
+                    if !ws_sent(shared, cs, id, n, r.is_ok()) {
                         closed(1006, String::new());
                         return;
                     }
                 }
                 Some(Cmd::WsBinary(b)) => {
                     let n = b.len().max(1);
-                    let r = ws.send(Message::Binary(b.into())).await;
-                    let left = cs.buffered.fetch_sub(n, Ordering::AcqRel) - n;
-                    if left <= HIGH_WATER && cs.want_drain.swap(false, Ordering::SeqCst) {
-                        shared.event(Event::Drained(id));
-                    }
-                    if r.is_err() {
+                    let r = ws.send_data(false, &b).await;
+                    if !ws_sent(shared, cs, id, n, r.is_ok()) {
                         closed(1006, String::new());
                         return;
                     }
                 }
                 Some(Cmd::WsClose(code, reason)) => {
-                    let frame = CloseFrame {
-                        code: CloseCode::from(code),
-                        reason: reason.clone().into(),
-                    };
                     let _ = tokio::time::timeout(WS_CLOSE_WAIT, async {
-                        if ws.send(Message::Close(Some(frame))).await.is_ok() {
-                            // Wait for the peer's close frame.
-                            while let Some(Ok(_)) = ws.next().await {}
+                        if ws.send_close(Some((code, &reason))).await.is_ok() {
+                            ws.wait_close_reply().await;
                         }
                     })
                     .await;
@@ -1890,15 +1876,8 @@ async fn run_ws<S>(
                 }
                 // Server shutdown: close 1012 (service restart), as uvicorn.
                 let _ = tokio::time::timeout(WS_CLOSE_WAIT, async {
-                    if ws
-                        .send(Message::Close(Some(CloseFrame {
-                            code: CloseCode::Restart,
-                            reason: "".into(),
-                        })))
-                        .await
-                        .is_ok()
-                    {
-                        while let Some(Ok(_)) = ws.next().await {}
+                    if ws.send_close(Some((1012, ""))).await.is_ok() {
+                        ws.wait_close_reply().await;
                     }
                 })
                 .await;
@@ -1907,6 +1886,16 @@ async fn run_ws<S>(
             }
         }
     }
+}
+
+/// Accounts for a message written (or not): releases its share of the buffered
+/// bytes and wakes a `send()` waiting for the drain. False when the write failed.
+fn ws_sent(shared: &Shared, cs: &ConnShared, id: u64, n: usize, ok: bool) -> bool {
+    let left = cs.buffered.fetch_sub(n, Ordering::AcqRel) - n;
+    if left <= HIGH_WATER && cs.want_drain.swap(false, Ordering::SeqCst) {
+        shared.event(Event::Drained(id));
+    }
+    ok
 }
 
 #[cfg(test)]

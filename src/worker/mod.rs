@@ -10,6 +10,7 @@ pub mod asgi;
 pub mod gthread;
 pub mod sync;
 pub mod watchdog;
+pub mod ws;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
