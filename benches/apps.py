@@ -3,7 +3,10 @@
 Every server loads these as ``apps:<name>`` with ``benches/`` as its working directory
 and on ``PYTHONPATH``.  Keep them trivial: the point is to measure the server, not the app.
 
-WSGI: ``hello``, ``big``, ``sleep``.  ASGI: ``hello_asgi``, ``big_asgi``, ``sleep_asgi``,
+WSGI: ``hello``, ``big``, ``sleep``; for the advise sweep (``benches/sweep.py``),
+``cpu_bound`` (about 3 ms of pure-Python work per request), ``io_bound`` (a 30 ms
+sleep, standing for a database or API call) and ``mixed`` (about 1.5 ms of work and a
+3 ms sleep).  ASGI: ``hello_asgi``, ``big_asgi``, ``sleep_asgi``,
 ``ws_echo_asgi`` (WebSocket echo; HTTP requests to it get the hello response, so the
 harness's readiness probe works against it too).
 """
@@ -46,6 +49,34 @@ def big(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
 
 def sleep(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     time.sleep(SLEEP_SECONDS)
+    start_response("200 OK", _headers(HELLO_BODY))
+    return [HELLO_BODY]
+
+
+def _work(n: int) -> int:
+    """Pure-Python arithmetic holding the GIL: 50_000 rounds take about 3 ms on the
+    machine the sweep was written on (a fixed amount of work, not a fixed time)."""
+    x = 0
+    for i in range(n):
+        x = (x * 31 + i) % 1000003
+    return x
+
+
+def cpu_bound(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    _work(50_000)
+    start_response("200 OK", _headers(HELLO_BODY))
+    return [HELLO_BODY]
+
+
+def io_bound(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    time.sleep(0.030)
+    start_response("200 OK", _headers(HELLO_BODY))
+    return [HELLO_BODY]
+
+
+def mixed(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    _work(25_000)
+    time.sleep(0.003)
     start_response("200 OK", _headers(HELLO_BODY))
     return [HELLO_BODY]
 
