@@ -25,21 +25,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from waiting import until
 
 pytestmark = pytest.mark.ferrocorn_only
 
 CTL_RE = r"Control socket listening at (\S+)"
 
 
-def until(fn, timeout=15.0, what="condition", interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def ctl(path, command, request_id=1, timeout=10.0):

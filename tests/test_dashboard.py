@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from waiting import until as wait_until
 from websockets.sync.client import connect
 
 pytestmark = pytest.mark.ferrocorn_only
@@ -45,16 +46,6 @@ PAGE_STATE = """(() => document.readyState === "loading" || !document.body ? nul
 }))()"""
 
 
-def wait_until(fn, timeout=30.0, what="condition", show=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = f"; last seen: {show()}" if show else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
-        time.sleep(0.1)
 
 
 def fetch_stats(url: str) -> dict:
@@ -212,7 +203,7 @@ def test_dashboard_draws_live_charts(server, browser, tmp_path, klass):
                 and p
             ),
             what="every chart to draw at least two points while requests flow",
-            show=lambda: browser.evaluate(PAGE_STATE),
+            detail=lambda: browser.evaluate(PAGE_STATE),
         )
         snap = fetch_stats(url)
         browser.screenshot(tmp_path / "dashboard.png")
@@ -247,7 +238,7 @@ def test_dashboard_draws_live_charts(server, browser, tmp_path, klass):
         lambda: (p := browser.evaluate(PAGE_STATE))["state"] == "down" and p,
         timeout=15,
         what="the page to notice that /stats stopped answering",
-        show=lambda: browser.evaluate(PAGE_STATE),
+        detail=lambda: browser.evaluate(PAGE_STATE),
     )
     assert "not answering" in gone["banner"]
     assert gone["pids"] == page["pids"]  # the last known table stays, greyed out

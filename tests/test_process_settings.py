@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -22,16 +23,6 @@ IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
 
 
-def until(predicate, timeout=30.0, what="condition", interval=0.05):
-    """Poll ``predicate`` until it returns a truthy value (returned) or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(interval)
 
 
 def fields(resp) -> dict[str, str]:

@@ -16,6 +16,7 @@ import urllib.request
 
 import psutil
 import pytest
+from waiting import until as wait_until
 
 pytestmark = pytest.mark.ferrocorn_only
 
@@ -41,15 +42,6 @@ def start(server, args=(), app="wsgiapps:app", **kw):
     return srv, srv.wait_for_log(STATS_RE.pattern).group(1)
 
 
-def wait_until(fn, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def booted(url: str, n: int) -> dict:

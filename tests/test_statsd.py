@@ -9,9 +9,9 @@ import re
 import socket
 import struct
 import threading
-import time
 
 import pytest
+from waiting import until
 
 pytestmark = pytest.mark.ferrocorn_only
 
@@ -78,15 +78,6 @@ def statsd_server():
     srv.close()
 
 
-def until(fn, timeout=15.0, what="condition", detail=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {detail()}")
-        time.sleep(0.05)
 
 
 def control_stats(srv) -> dict:

@@ -11,24 +11,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from waiting import until
 
 pytestmark = pytest.mark.slow
 
 
-def until(predicate, timeout=30.0, what="condition", interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(interval)
 
 
 def read_pid(path: Path) -> int:
