@@ -4,12 +4,15 @@
     python benches/run.py [--quick] [--scenarios sync[,gthread,...]] [--servers gunicorn]
 
 For every case of a scenario (app x connections x workers) each server is started on a
-free loopback port, polled until it answers, warmed up, and loaded with ``wrk``.  Measured:
-requests/s and latency percentiles (from wrk), the server's CPU time per request (utime +
-stime of the whole process tree, from /proc/PID/stat, before/after the run), memory per
-worker (RSS and PSS from /proc/PID/smaps_rollup after the run) and wrk's socket/HTTP
-errors.  Results go to docs/benchmarks.md (one marked section per scenario) and raw JSON to
-benches/results/.
+free loopback port, polled until it answers, warmed up, and loaded with ``wrk`` (HTTP apps)
+or ``benches/wsload`` (WebSocket echo apps: a small Rust client built here with cargo).
+Measured: requests (or echoed messages)/s and latency percentiles (from the load
+generator), the server's CPU time per request (utime + stime of the whole process tree,
+from /proc/PID/stat, before/after the run), memory per worker (RSS and PSS from
+/proc/PID/smaps_rollup after the run) and the load generator's errors.  A scenario may
+state targets (ferrocorn at least N times the best of some peers); its section says
+whether each is met.  Results go to docs/benchmarks.md (one marked section per scenario)
+and raw JSON to benches/results/.
 
 Scenarios are data (``SCENARIOS`` below): a new one is a table entry, not new code.
 """
@@ -47,6 +50,8 @@ RESULTS = BENCHES / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 REQUIREMENTS = BENCHES / "requirements.txt"
 WRK_SCRIPT = BENCHES / "wrk_report.lua"
+WSLOAD_MANIFEST = BENCHES / "wsload" / "Cargo.toml"
+WSLOAD_BIN = BENCHES / "wsload" / "target" / "release" / "wsload"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KIB = 1024
@@ -66,6 +71,7 @@ class App:
     name: str  # label used in tables and file names
     target: str  # module:attribute, resolved with benches/ as working directory
     body_len: int  # expected body length of GET / (sanity check at readiness)
+    kind: str = "http"  # "http": loaded with wrk; "ws": WebSocket echo, loaded with wsload
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,17 @@ class Server:
 
 
 @dataclass(frozen=True)
+class Target:
+    """The subject's req/s (msg/s) on ``app`` must be at least ``factor`` times the best of
+    ``peers`` (server ids), in every case (connections, workers) of the run."""
+
+    app: str  # App.name
+    peers: tuple[str, ...]
+    factor: float
+    text: str  # as the issue states it
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str  # docs/benchmarks.md section is <!-- bench:NAME:start --> ... end
     title: str
@@ -89,6 +106,7 @@ class Scenario:
     threads: int = 1  # {threads}
     subject: str = "ferrocorn"  # ratios are subject / each other server
     notes: tuple[str, ...] = ()
+    targets: tuple[Target, ...] = ()
 
 
 HELLO = App("hello", "apps:hello", 13)
@@ -97,6 +115,7 @@ SLEEP = App("sleep 20ms", "apps:sleep", 13)
 HELLO_ASGI = App("hello", "apps:hello_asgi", 13)
 BIG_ASGI = App("64KiB", "apps:big_asgi", 64 * KIB)
 SLEEP_ASGI = App("sleep 20ms", "apps:sleep_asgi", 13)
+WS_ECHO = App("ws echo", "apps:ws_echo_asgi", 13, kind="ws")
 
 GUNICORN = "{python} -m gunicorn -w {workers} -b {host}:{port}"
 FERROCORN = "{ferrocorn} -w {workers} -b {host}:{port}"
@@ -146,32 +165,73 @@ SCENARIOS: dict[str, Scenario] = {
             name="asgi",
             title="ASGI: ferrocorn vs uvicorn, gunicorn+uvicorn-worker, gunicorn asgi, granian",
             servers=(
-                Server("ferrocorn", "ferrocorn asgi", f"{FERROCORN} -k asgi {{app}}"),
                 Server(
-                    "uvicorn", "uvicorn", f"{UVICORN} --log-level warning {{app}}", ("uvicorn",)
+                    "ferrocorn",
+                    "ferrocorn asgi",
+                    f"{FERROCORN} -k asgi --asgi-loop uvloop {{app}}",
+                    ("uvloop",),
+                ),
+                Server(
+                    "uvicorn",
+                    "uvicorn",
+                    f"{UVICORN} --log-level warning --http httptools --loop uvloop "
+                    "--ws websockets-sansio {app}",
+                    ("uvicorn", "httptools", "uvloop", "websockets"),
                 ),
                 Server(
                     "gunicorn-uvicorn",
                     "gunicorn + UvicornWorker",
                     f"{GUNICORN} -k uvicorn_worker.UvicornWorker {{app}}",
-                    ("gunicorn", "uvicorn", "uvicorn-worker"),
+                    ("gunicorn", "uvicorn", "uvicorn-worker", "httptools", "uvloop", "websockets"),
                 ),
                 Server(
-                    "gunicorn-asgi", "gunicorn asgi", f"{GUNICORN} -k asgi {{app}}", ("gunicorn",)
+                    "gunicorn-asgi",
+                    "gunicorn asgi",
+                    f"{GUNICORN} -k asgi --http-parser fast --asgi-loop uvloop {{app}}",
+                    ("gunicorn", "gunicorn_h1c", "uvloop"),
                 ),
                 Server(
-                    "granian", "granian asgi", f"{GRANIAN} --interface asgi {{app}}", ("granian",)
+                    "granian",
+                    "granian asgi",
+                    f"{GRANIAN} --interface asgi --loop uvloop {{app}}",
+                    ("granian", "uvloop"),
                 ),
             ),
-            apps=(HELLO_ASGI, BIG_ASGI, SLEEP_ASGI),
+            apps=(HELLO_ASGI, BIG_ASGI, SLEEP_ASGI, WS_ECHO),
             connections=(64, 512),
+            workers=(2, 5),
+            targets=(
+                Target("hello", ("uvicorn",), 2.0, "hello world ≥ 2x uvicorn's requests/s"),
+                Target(
+                    "hello",
+                    ("granian", "gunicorn-asgi"),
+                    1.3,
+                    "hello world ≥ 1.3x the best of Granian and gunicorn `-k asgi` "
+                    "(C parser, `--http-parser fast`)",
+                ),
+                Target("ws echo", ("uvicorn",), 1.5, "WebSocket echo ≥ 1.5x uvicorn's messages/s"),
+            ),
             notes=(
-                "Provisional (issue 5); the WebSocket echo app (apps:ws_echo_asgi) needs "
-                "a WebSocket load generator, which wrk is not.",
-                "uvicorn --workers N (N >= 2) showed a ~44 ms median latency floor at "
-                "0.15 cores busy when the harness was validated (5.7 ms with --workers 1): "
-                "it looks like Nagle/delayed ACK on the workers' sockets; check before "
-                "quoting its numbers.",
+                "Every server runs its event loop on uvloop: `--asgi-loop uvloop`, "
+                "`--loop uvloop`; gunicorn + UvicornWorker cannot be given uvicorn's options "
+                "on the command line and takes uvicorn's automatic choices, which are the "
+                "same here (httptools, uvloop, websockets-sansio, all installed).",
+                "uvicorn is given `--http httptools --loop uvloop --ws websockets-sansio` "
+                "explicitly (`--ws auto` picks websockets-sansio when websockets is "
+                "installed). Without httptools (h11 and asyncio) uvicorn --workers 2 had a "
+                "44 ms median latency floor at about 1,350 req/s on hello; with httptools "
+                "it has none.",
+                "gunicorn `-k asgi --http-parser fast` refuses every connection unless "
+                "gunicorn_h1c imports, so its answers show that the C parser is in use. "
+                "gunicorn 27.0.1's `fast` extra asks for gunicorn_h1c >= 0.6.14; the "
+                "newest on the package index this was set up with is 0.6.10 (pinned), "
+                "which gunicorn accepts (it needs >= 0.4.1, and 0.6.9 for h2c upgrade, "
+                "not used here).",
+                "WebSocket echo (`ws echo`): every connection sends a binary message and "
+                "waits for its echo before sending the next (ping-pong; `-w` of the wsload "
+                "line above keeps more in flight); msg/s counts the echoes received in the "
+                "run, CPU µs/msg is the server's CPU time per echoed message. Granian's "
+                "WebSockets are on by default (`--ws`).",
             ),
         ),
         Scenario(
@@ -489,19 +549,73 @@ def wrk_argv(threads: int, conns: int, seconds: int, url: str, script: str = "")
     ]
 
 
-def run_wrk(threads: int, conns: int, seconds: int, url: str) -> tuple[dict[str, Any], float]:
-    """Run wrk; return its WRK_JSON report and the CPU seconds wrk itself used."""
-    argv = wrk_argv(threads, conns, seconds, url)
+def run_client(argv: list[str], seconds: int) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run a load generator; return it and the CPU seconds it used."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=seconds + 60)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return p, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def run_wrk(threads: int, conns: int, seconds: int, url: str) -> tuple[dict[str, Any], float]:
+    """Run wrk; return its WRK_JSON report and the CPU seconds wrk itself used."""
+    p, cpu = run_client(wrk_argv(threads, conns, seconds, url), seconds)
     for line in p.stdout.splitlines():
         if line.startswith("WRK_JSON "):
             report: dict[str, Any] = json.loads(line[len("WRK_JSON ") :])
             report["stdout"] = p.stdout
             return report, cpu
     raise RuntimeError(f"wrk failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
+
+
+def wsload_argv(
+    threads: int, conns: int, seconds: int, url: str, size: int, window: int, exe: str = ""
+) -> list[str]:
+    return [
+        exe or str(WSLOAD_BIN),
+        "--url",
+        url,
+        "-c",
+        str(conns),
+        "-d",
+        str(seconds),
+        "-s",
+        str(size),
+        "-w",
+        str(window),
+        "-t",
+        str(threads),
+    ]
+
+
+def build_wsload() -> str:
+    """Build benches/wsload (cargo keeps it in benches/wsload/target, so this is quick
+    after the first time).  Returns why WebSocket cases cannot run, or ""."""
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        return (
+            "n/a: cargo is not on PATH, and the WebSocket load generator (benches/wsload) is Rust"
+        )
+    log(f"cargo build --release --manifest-path {WSLOAD_MANIFEST.relative_to(ROOT)}")
+    p = subprocess.run(
+        [cargo, "build", "--release", "--quiet", "--manifest-path", str(WSLOAD_MANIFEST)],
+        check=False,
+    )
+    if p.returncode != 0 or not WSLOAD_BIN.exists():
+        return f"n/a: building benches/wsload failed (cargo exited {p.returncode})"
+    return ""
+
+
+def run_wsload(argv: list[str], seconds: int) -> tuple[dict[str, Any], float]:
+    """Run wsload; return its JSON report and the CPU seconds it used."""
+    p, cpu = run_client(argv, seconds)
+    lines = p.stdout.strip().splitlines()
+    if p.returncode != 0 or not lines or not lines[-1].startswith("{"):
+        raise RuntimeError(
+            f"wsload failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}"
+        )
+    report: dict[str, Any] = json.loads(lines[-1])
+    return report, cpu
 
 
 def log_tail(path: Path, lines: int = 3) -> str:
@@ -566,13 +680,27 @@ def measure(
             notes.append(f"GET / gave {status} with {length} bytes (want 200, {app.body_len})")
         if (n := wait_workers(proc.pid, workers)) != workers:
             notes.append(f"{n} worker processes seen (asked {workers})")
+
+        def load(seconds: int) -> tuple[dict[str, Any], float]:
+            if app.kind != "ws":
+                return run_wrk(opts.wrk_threads, conns, seconds, url)
+            ws_url = f"ws://{HOST}:{port}/"
+            argv = wsload_argv(
+                opts.wrk_threads, conns, seconds, ws_url, opts.ws_size, opts.ws_window
+            )
+            return run_wsload(argv, seconds)
+
         if opts.warmup > 0:
-            run_wrk(opts.wrk_threads, conns, opts.warmup, url)
+            load(opts.warmup)
         before = cpu_ticks(proc.pid)
-        report, run.wrk_cpu_s = run_wrk(opts.wrk_threads, conns, opts.duration, url)
+        report, run.wrk_cpu_s = load(opts.duration)
         after = cpu_ticks(proc.pid)
         if proc.poll() is not None:
             notes.append(f"server exited ({proc.returncode}) during the run")
+        if report.get("first_error"):
+            notes.append(f"first wsload error: {report['first_error']}")
+        if not report["requests"]:
+            raise RuntimeError("; ".join(notes) or "no request completed")
         run.worker_pids = worker_pids(proc.pid)
         run.processes = len(tree(proc.pid))
         for pid in run.worker_pids:
@@ -588,9 +716,10 @@ def measure(
         run.cpu_us_per_req = run.cpu_s * 1e6 / run.requests if run.requests else 0.0
         run.server_cores = run.cpu_s / run.duration_s if run.duration_s else 0.0
         run.note = "; ".join(notes)
+        unit = "msg" if app.kind == "ws" else "req"
         log(
-            f"  {run.rps:,.0f} req/s, p99 {run.latency_us['p99'] / 1000:.2f} ms, "
-            f"{run.cpu_us_per_req:.0f} CPU µs/req, {total_errors(run)} errors"
+            f"  {run.rps:,.0f} {unit}/s, p99 {run.latency_us['p99'] / 1000:.2f} ms, "
+            f"{run.cpu_us_per_req:.0f} CPU µs/{unit}, {total_errors(run)} errors"
             + (f" ({run.note})" if run.note else "")
         )
     except StartError as e:
@@ -622,6 +751,8 @@ def fmt_errors(run: Run) -> str:
     parts = [f"{k} {e[k]}" for k in ("connect", "read", "write", "timeout") if e.get(k)]
     if e.get("status"):
         parts.append(f"HTTP≥400 {e['status']}")
+    if e.get("mismatch"):
+        parts.append(f"wrong echo {e['mismatch']}")
     return ", ".join(parts) or "0"
 
 
@@ -656,9 +787,11 @@ def ratio(a: float | None, b: float | None) -> str:
     return "—" if not a or not b else f"{a / b:.2f}x"
 
 
-def case_table(sc: Scenario, runs: list[Run]) -> list[str]:
+def case_table(sc: Scenario, runs: list[Run], kind: str = "http") -> list[str]:
+    unit = "msg" if kind == "ws" else "req"
     rows = [
-        "| server | req/s | p99 ms | CPU µs/req | RSS MiB/worker | PSS MiB/worker | errors |",
+        f"| server | {unit}/s | p99 ms | CPU µs/{unit} | RSS MiB/worker | PSS MiB/worker "
+        "| errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     by_id: dict[str, Run] = {}
@@ -684,6 +817,59 @@ def case_table(sc: Scenario, runs: list[Run]) -> list[str]:
                 f"{ratio(mean(subject.rss_mib), mean(r.rss_mib))} | "
                 f"{ratio(mean(subject.pss_mib), mean(r.pss_mib))} | |"
             )
+    return rows
+
+
+def targets_table(
+    sc: Scenario, merged_cases: dict[tuple[str, int, int], dict[str, Run]]
+) -> list[str]:
+    """One row per target and case: the subject's rate against the best of the target's
+    peers in the same case, the ratio, and whether the target is met."""
+    if not sc.targets:
+        return []
+    labels = {s.id: s.label for s in sc.servers}
+    kinds = {a.name: a.kind for a in sc.apps}
+    rows = [
+        "### Targets",
+        "",
+        "From this run only: each case's ferrocorn figure against the best of the named "
+        "peers in the same case, with the server CPU time per request beside it.",
+        "",
+        "| target | case | ferrocorn | best peer | ratio | met |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    met = total = 0
+    for t in sc.targets:
+        unit = "msg" if kinds.get(t.app) == "ws" else "req"
+        for (app, c, w), by_server in merged_cases.items():
+            if app != t.app:
+                continue
+            case = f"{app}, c={c}, w={w}"
+            subject = by_server.get(sc.subject)
+            peers = [r for p in t.peers if (r := by_server.get(p)) is not None]
+            ok_peers = [r for r in peers if r.status == "ok" and r.rps > 0]
+            total += 1
+            if subject is None or subject.status != "ok" or not ok_peers:
+                missing = ", ".join(r.label for r in peers if r not in ok_peers) or "no peer ran"
+                why = (
+                    "ferrocorn did not run"
+                    if subject is None or subject.status != "ok"
+                    else missing
+                )
+                rows.append(f"| {t.text} | {case} | — | — | — | n/a ({why}) |")
+                continue
+            best = max(ok_peers, key=lambda r: r.rps)
+            r_value = subject.rps / best.rps
+            ok = r_value >= t.factor
+            met += ok
+            rows.append(
+                f"| {t.text} | {case} | {subject.rps:,.0f} {unit}/s "
+                f"({num(subject.cpu_us_per_req, 0)} µs/{unit}) | "
+                f"{labels.get(best.server, best.label)} {best.rps:,.0f} {unit}/s "
+                f"({num(best.cpu_us_per_req, 0)} µs/{unit})"
+                f" | {r_value:.2f}x (≥ {t.factor:g}x) | {'yes' if ok else '**no**'} |"
+            )
+    rows += ["", f"Targets met in {met} of {total} cases.", ""]
     return rows
 
 
@@ -732,35 +918,63 @@ def section(
     }
     for s in servers:
         out.append(f"- {s.label}: `{shlex.join(render(s.cmd, **values))}`")
-    load = wrk_argv(opts.wrk_threads, 0, opts.duration, f"http://{HOST}:PORT/", "wrk_report.lua")
-    load[2] = f"-c{conns[0]}" if len(conns) == 1 else "-cC"
+    kinds = {a.kind for a, _, _ in cases}
+    c_word = f"{conns[0]}" if len(conns) == 1 else "C"
+    loads = []
+    if "http" in kinds:
+        load = wrk_argv(
+            opts.wrk_threads, 0, opts.duration, f"http://{HOST}:PORT/", "wrk_report.lua"
+        )
+        load[2] = f"-c{c_word}"
+        loads.append(f"`{shlex.join(load)}`")
+    if "ws" in kinds:
+        ws = wsload_argv(
+            opts.wrk_threads,
+            0,
+            opts.duration,
+            f"ws://{HOST}:PORT/",
+            opts.ws_size,
+            opts.ws_window,
+            str(WSLOAD_BIN.relative_to(ROOT)),
+        )
+        ws[4] = c_word
+        loads.append(
+            f"`{shlex.join(ws)}` for WebSocket echo (built with `cargo build --release "
+            f"--manifest-path {WSLOAD_MANIFEST.relative_to(ROOT)}`)"
+        )
     out += [
         "",
-        f"Load: `{shlex.join(load)}` after a {opts.warmup} s warm-up with the same "
+        f"Load: {' and '.join(loads)}, after a {opts.warmup} s warm-up with the same "
         f"settings (not counted); {opts.rounds} round(s), median reported. Raw JSON: "
         f"`{json_path.relative_to(ROOT)}`.",
         "",
     ]
     apps = {a.name: a for a in sc.apps}
-    cases: dict[tuple[str, int, int], list[Run]] = {}
+    by_case: dict[tuple[str, int, int], list[Run]] = {}
     for r in runs:
-        cases.setdefault(r.case, []).append(r)
+        by_case.setdefault(r.case, []).append(r)
     notes: list[str] = []
-    for (app, conns, workers), case_runs in cases.items():
+    tables: list[str] = []
+    merged_cases: dict[tuple[str, int, int], dict[str, Run]] = {}
+    for (app, c, w), case_runs in by_case.items():
         per_server: dict[str, list[Run]] = {}
         for r in case_runs:
             per_server.setdefault(r.server, []).append(r)
         merged = [median_run(rs) for rs in per_server.values()]
+        merged_cases[(app, c, w)] = {r.server: r for r in merged}
         target = apps[app].target if app in apps else app
-        out += [f"### {app} (`{target}`), {conns} connections, {workers} workers", ""]
-        out += case_table(sc, merged)
-        out.append("")
+        tables += [f"### {app} (`{target}`), {c} connections, {w} workers", ""]
+        tables += case_table(sc, merged, apps[app].kind if app in apps else "http")
+        tables.append("")
         for r in merged:
             if r.note:
-                notes.append(f"{r.label}, {app}, c={conns}, w={workers}: {r.note}")
+                notes.append(f"{r.label}, {app}, c={c}, w={w}: {r.note}")
+    out += targets_table(sc, merged_cases)
+    out += tables
     out += [
-        "Ratios are ferrocorn / peer: above 1 is better for req/s, below 1 is better for "
-        "p99, CPU and memory. Memory is the mean over worker processes after the run.",
+        "Ratios are ferrocorn / peer: above 1 is better for req/s (msg/s), below 1 is "
+        "better for p99, CPU and memory. Memory is the mean over worker processes after "
+        "the run.",
         "",
     ]
     if notes or sc.notes or opts.servers:
@@ -786,41 +1000,55 @@ python benches/run.py                      # the sync scenario, 10 s per run
 python benches/run.py --quick              # 3 s runs, 1 s warm-up: a smoke test
 python benches/run.py --scenarios sync,gthread --rounds 3
 python benches/run.py --servers gunicorn   # only some servers
+python benches/run.py --scenarios asgi --apps "ws echo" --ws-window 8   # 8 in flight
 python benches/run.py --list               # the scenario table
 ```
 
 The harness installs what it needs: the pinned peer servers from
 `benches/requirements.txt` (only those the selected scenarios use) with pip, and `wrk`
-with apt-get. Raw results (JSON, and each server's log) go to `benches/results/`, which
-is not committed.
+with apt-get; for WebSocket cases it builds `benches/wsload` with cargo. Raw results
+(JSON, and each server's log) go to `benches/results/`, which is not committed.
 
 ## What is measured
 
 For every case (app, connections, workers) every server of the scenario is started on a
 free loopback port, polled until `GET /` answers (the body length is checked), given time
-to spawn its workers, warmed up with wrk, then loaded with wrk. The servers of a case run
-back to back, all in the same invocation; then the server's process group gets SIGTERM.
+to spawn its workers, warmed up, then loaded with wrk (HTTP apps) or `benches/wsload`
+(WebSocket echo). The servers of a case run back to back, all in the same invocation; then
+the server's process group gets SIGTERM.
 
 - **req/s** and **p99**: from wrk (`--latency`, exact figures via `benches/wrk_report.lua`).
+- **msg/s** and **p99** (WebSocket echo): from `benches/wsload`, a small Rust client
+  (tokio and tokio-tungstenite, its own Cargo project, built into `benches/wsload/target`).
+  It opens C connections; once all are open, each sends a binary message of `--ws-size`
+  bytes (64) and waits for the echo before sending the next (`--ws-window N` keeps N in
+  flight). Every echo is checked against what was sent; msg/s counts the echoes received
+  within the run, p99 is send-to-echo. **CPU µs/msg** is the server's CPU time per echo.
 - **CPU µs/req**: CPU time (user + system) of the server's whole process tree, master and
   workers (from `/proc/PID/stat`, including the time of reaped children), over the run,
   divided by the requests completed.
 - **RSS / PSS per worker**: from `/proc/PID/smaps_rollup` of each worker process after the
   run, mean over the workers. PSS shares pages that are shared with the master and the
   other workers, so it is the fairer per-worker cost for forking servers.
-- **errors**: wrk's socket errors (connect, read, write, timeout) and HTTP responses ≥ 400.
+- **errors**: wrk's socket errors (connect, read, write, timeout) and HTTP responses ≥ 400;
+  wsload's connect (TCP or handshake), read, write and timeout errors and wrong echoes.
+- **Targets**: a scenario may list the targets of its issue (ferrocorn at least N times
+  the best of some peers); its section then opens with a table giving, for every case,
+  the ratio computed from that run and whether the target is met.
 
-wrk runs on the same machine as the server and competes with it for the CPUs, so req/s and
-latency depend on how the scheduler shares the cores between them; **CPU time per request
-is the steadiest figure** and the one to compare first. Treat req/s as relative, within
-one table, and rerun with `--rounds 3` before drawing conclusions from small differences.
+The load generator runs on the same machine as the server and competes with it for the
+CPUs, so req/s and latency depend on how the scheduler shares the cores between them;
+**CPU time per request is the steadiest figure** and the one to compare first. Treat req/s
+as relative, within one table, and rerun with `--rounds 3` before drawing conclusions from
+small differences.
 
 ## Adding a scenario
 
 Scenarios are data: add an entry to `SCENARIOS` in `benches/run.py` with its servers
 (an id, a label, a command template with `{python}`, `{ferrocorn}`, `{workers}`,
 `{threads}`, `{host}`, `{port}`, `{app}`, and the pinned packages it needs), its apps
-(from `benches/apps.py`), connection counts and worker counts. A server whose command is
+(from `benches/apps.py`; `kind="ws"` for a WebSocket echo app, loaded with wsload),
+connection counts, worker counts and, optionally, targets. A server whose command is
 missing or does not start is skipped, with a note in the table. The scenario's section is
 added to this file at the end on its first run.
 
@@ -882,6 +1110,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=len(os.sched_getaffinity(0)),
         help="wrk -t (default: nproc)",
     )
+    p.add_argument(
+        "--ws-size", type=int, default=64, help="WebSocket echo message bytes (default 64)"
+    )
+    p.add_argument(
+        "--ws-window",
+        type=int,
+        default=1,
+        help="WebSocket echo messages in flight per connection (default 1: ping-pong)",
+    )
     p.add_argument("--ferrocorn", default="ferrocorn", help="ferrocorn executable")
     p.add_argument("--no-docs", action="store_true", help="don't touch docs/benchmarks.md")
     p.add_argument("--no-install", action="store_true", help="don't pip/apt-get install")
@@ -941,14 +1178,18 @@ def run_scenario(sc: Scenario, opts: argparse.Namespace) -> None:
         fv = installed_version("ferrocorn")
         versions["ferrocorn"] = f"{fv or '?'} (git {git_rev() or '?'})"
 
+    cases = list(iter_cases(sc, opts))
+    no_ws = build_wsload() if any(a.kind == "ws" for a, _, _ in cases) else ""
+    if no_ws:
+        log(f"WebSocket cases: {no_ws}")
     host_info = machine()  # before the runs: the load average is the background load
     runs: list[Run] = []
-    cases = list(iter_cases(sc, opts))
     for rnd in range(opts.rounds):
         order = servers if rnd % 2 == 0 else servers[::-1]  # alternate who goes first
         for app, conns, workers in cases:
             for s in order:
-                if s.id in unavailable:
+                why = unavailable.get(s.id) or (no_ws if app.kind == "ws" else "")
+                if why:
                     if rnd == 0:
                         runs.append(
                             Run(
@@ -960,8 +1201,8 @@ def run_scenario(sc: Scenario, opts: argparse.Namespace) -> None:
                                 workers,
                                 rnd,
                                 [],
-                                status="skipped",
-                                note=unavailable[s.id],
+                                status="n/a" if why.startswith("n/a") else "skipped",
+                                note=why,
                             )
                         )
                     continue
@@ -981,6 +1222,8 @@ def run_scenario(sc: Scenario, opts: argparse.Namespace) -> None:
         "warmup_s": opts.warmup,
         "rounds": opts.rounds,
         "wrk_threads": opts.wrk_threads,
+        "ws_size": opts.ws_size,
+        "ws_window": opts.ws_window,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / f"{sc.name}-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
