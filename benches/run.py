@@ -838,7 +838,7 @@ def targets_table(
         "| target | case | ferrocorn | best peer | ratio | met |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
-    met = total = 0
+    met = total = unknown = 0
     for t in sc.targets:
         unit = "msg" if kinds.get(t.app) == "ws" else "req"
         for (app, c, w), by_server in merged_cases.items():
@@ -848,16 +848,15 @@ def targets_table(
             subject = by_server.get(sc.subject)
             peers = [r for p in t.peers if (r := by_server.get(p)) is not None]
             ok_peers = [r for r in peers if r.status == "ok" and r.rps > 0]
-            total += 1
             if subject is None or subject.status != "ok" or not ok_peers:
-                missing = ", ".join(r.label for r in peers if r not in ok_peers) or "no peer ran"
-                why = (
-                    "ferrocorn did not run"
-                    if subject is None or subject.status != "ok"
-                    else missing
-                )
-                rows.append(f"| {t.text} | {case} | — | — | — | n/a ({why}) |")
+                unknown += 1
+                if subject is None or subject.status != "ok":
+                    why = f"{sc.subject} {subject.status if subject else 'not run'}"
+                else:
+                    why = f"{' and '.join(t.peers)} not measured"
+                rows.append(f"| {t.text} | {case} | — | — | — | n/a ({why}, see notes) |")
                 continue
+            total += 1
             best = max(ok_peers, key=lambda r: r.rps)
             r_value = subject.rps / best.rps
             ok = r_value >= t.factor
@@ -869,7 +868,12 @@ def targets_table(
                 f"({num(best.cpu_us_per_req, 0)} µs/{unit})"
                 f" | {r_value:.2f}x (≥ {t.factor:g}x) | {'yes' if ok else '**no**'} |"
             )
-    rows += ["", f"Targets met in {met} of {total} cases.", ""]
+    rows += [
+        "",
+        f"Targets met in {met} of {total} measured cases"
+        + (f" ({unknown} could not be judged)." if unknown else "."),
+        "",
+    ]
     return rows
 
 
