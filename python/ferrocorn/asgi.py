@@ -12,6 +12,7 @@ pieces, disconnects and drained write buffers from a single descriptor it watche
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 from http import HTTPStatus
@@ -59,6 +60,16 @@ def choose_loop(name: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+# The worker's one event loop, set when it starts: asyncio.get_running_loop() costs a
+# getpid() syscall per call on Python 3.11, once per receive() that waits.
+_LOOP: asyncio.AbstractEventLoop | None = None
+
+
+def _new_future() -> asyncio.Future[Any]:
+    loop = _LOOP if _LOOP is not None else asyncio.get_running_loop()
+    return loop.create_future()
+
+
 class Cycle:
     """One HTTP request: the app's ``receive`` and ``send``."""
 
@@ -93,7 +104,7 @@ class Cycle:
             return DISCONNECT
         if self.more_body:
             self.conn.read_body()
-        fut = self.waiter = asyncio.get_running_loop().create_future()
+        fut = self.waiter = _new_future()
         try:
             return await fut
         finally:
@@ -126,7 +137,7 @@ class Cycle:
         if not isinstance(body, bytes):
             body = bytes(body)
         if not self.conn.body(body, more) and not self.conn.closed:
-            self.drain = asyncio.get_running_loop().create_future()
+            self.drain = _new_future()
             try:
                 await self.drain
             finally:
@@ -182,7 +193,7 @@ class WsCycle:
 
     async def receive(self) -> dict:
         while not self.queue:
-            fut = self.waiter = asyncio.get_running_loop().create_future()
+            fut = self.waiter = _new_future()
             try:
                 await fut
             finally:
@@ -249,7 +260,7 @@ class WsCycle:
             if not more:
                 self._refused()
             elif not ok and not self.conn.closed:
-                self.drain = asyncio.get_running_loop().create_future()
+                self.drain = _new_future()
                 try:
                     await self.drain
                 finally:
@@ -264,7 +275,7 @@ class WsCycle:
                 raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
             ok = self.conn.ws_send(text, None if data is None else bytes(data))
             if not ok and not self.disconnected:
-                self.drain = asyncio.get_running_loop().create_future()
+                self.drain = _new_future()
                 try:
                     await self.drain
                 finally:
@@ -382,7 +393,8 @@ class AsgiServer:
             raise SystemExit(code)
 
     async def main(self) -> int:
-        loop = asyncio.get_running_loop()
+        global _LOOP
+        loop = _LOOP = asyncio.get_running_loop()
         w = self.worker
         listeners = [(s.fileno(), s.is_unix) for s in w.sockets]
         options = w.options()
@@ -400,6 +412,8 @@ class AsgiServer:
             listeners, options, self.log.error_log, w.board, w.slot, asgi
         )
         w._core = self.core
+        # Commands for the I/O thread are sent in one batch per pass of the loop.
+        self.core.set_flusher(functools.partial(loop.call_soon, self.core.flush))
         loop.add_reader(w._wake_r, self._drain_wakeups)
         self._heartbeat()
 
@@ -422,6 +436,7 @@ class AsgiServer:
             task.cancel()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=1.0)
+        self.core.flush()  # what the cancelled tasks queued: the loop stops after this
         if lifespan is not None:
             await lifespan.shutdown()
         return 0
@@ -449,6 +464,7 @@ class AsgiServer:
 
     def _on_events(self) -> None:
         cycles = self.cycles
+        loop = _LOOP or asyncio.get_running_loop()
         for ev in self.core.events():
             kind = ev[0]
             if kind == 0:
@@ -457,11 +473,12 @@ class AsgiServer:
                 if scope["type"] == "websocket":
                     ws = WsCycle(conn, scope)
                     cycles[conn.id] = ws  # type: ignore[assignment]
-                    task = asyncio.get_running_loop().create_task(self._run_ws(ws))
+                    task = loop.create_task(self._run_ws(ws))
                 else:
                     cycle = Cycle(conn, scope, ev[3], ev[4])
                     cycles[conn.id] = cycle
-                    task = asyncio.get_running_loop().create_task(self._run(cycle))
+                    run = self._run if self.hooks is None else self._run_hooked
+                    task = loop.create_task(run(cycle))
                     cycle.task = task
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
@@ -545,7 +562,9 @@ class AsgiServer:
         except Exception:
             self.log.exception("Exception in post_request hook")
 
-    async def _run(self, cycle: Cycle) -> None:
+    async def _run_hooked(self, cycle: Cycle) -> None:
+        """``_run`` between ``pre_request`` and ``post_request`` (only when set: a
+        coroutine layer less per request otherwise)."""
         conn = cycle.conn
         req = None
         if self.hooks is not None:
@@ -561,12 +580,12 @@ class AsgiServer:
                 self.cycles.pop(conn.id, None)
                 return
         try:
-            await self._call_app(cycle)
+            await self._run(cycle)
         finally:
             if req is not None:
                 self._post_request(req, cycle.scope, conn)
 
-    async def _call_app(self, cycle: Cycle) -> None:
+    async def _run(self, cycle: Cycle) -> None:
         conn = cycle.conn
         try:
             result = await self.app(cycle.scope, cycle.receive, cycle.send)

@@ -185,6 +185,13 @@ struct Shared {
     /// "METHOD /path" and start (CLOCK_MONOTONIC ms) of every request whose app is
     /// running, by id; the oldest goes into the scoreboard for `top` and `/stats`.
     running: Mutex<BTreeMap<u64, (String, u64)>>,
+    /// Commands from the loop waiting for the end of the loop's pass (see
+    /// [`Shared::send_cmd`]).
+    outbox: Mutex<Vec<(mpsc::UnboundedSender<Cmd>, Cmd)>>,
+    /// A flush of `outbox` is scheduled on the loop.
+    flush_armed: AtomicBool,
+    /// `loop.call_soon(core.flush)`, set by the loop once it runs.
+    flusher: std::sync::OnceLock<Py<PyAny>>,
 }
 
 impl Shared {
@@ -205,6 +212,33 @@ impl Shared {
 
     fn begin_stop(&self) {
         self.stop_tx.send_replace(true);
+    }
+
+    /// Hands a command from the loop to a connection's I/O task. Sent one by one,
+    /// each woke the I/O thread (an eventfd write on the loop thread, the loop's
+    /// bottleneck: strace, WebSocket echo, one per message); queued here and sent
+    /// together by one flush per pass of the loop, the first send of the batch wakes
+    /// the runtime and the rest find it awake. The flush runs as soon as the callbacks
+    /// already ready have run: a response waits for the loop's current pass, not for
+    /// the app's next await elsewhere.
+    fn send_cmd(&self, py: Python<'_>, tx: &mpsc::UnboundedSender<Cmd>, cmd: Cmd) {
+        let Some(flusher) = self.flusher.get() else {
+            let _ = tx.send(cmd);
+            return;
+        };
+        lock(&self.outbox).push((tx.clone(), cmd));
+        if !self.flush_armed.swap(true, Ordering::AcqRel) && flusher.call0(py).is_err() {
+            // No running loop to schedule on (shutting down): send now.
+            self.flush();
+        }
+    }
+
+    fn flush(&self) {
+        self.flush_armed.store(false, Ordering::Release);
+        let batch = std::mem::take(&mut *lock(&self.outbox));
+        for (tx, cmd) in batch {
+            let _ = tx.send(cmd);
+        }
     }
 }
 
@@ -301,6 +335,9 @@ impl AsgiWorker {
             io_beat: AtomicU64::new(now_ms()),
             access: opts.access,
             running: Mutex::new(BTreeMap::new()),
+            outbox: Mutex::new(Vec::new()),
+            flush_armed: AtomicBool::new(false),
+            flusher: std::sync::OnceLock::new(),
         };
         Ok(AsgiWorker {
             shared: Arc::new(shared),
@@ -317,6 +354,18 @@ impl AsgiWorker {
     /// The descriptor the loop watches with `add_reader`.
     fn fileno(&self) -> RawFd {
         self.notify_r.as_raw_fd()
+    }
+
+    /// `loop.call_soon(core.flush)`: how a batch of commands gets flushed at the end
+    /// of the loop's current pass (see `Shared::send_cmd`). Until it is set, commands
+    /// go out one by one.
+    fn set_flusher(&self, flusher: Py<PyAny>) {
+        let _ = self.shared.flusher.set(flusher);
+    }
+
+    /// Sends the commands queued during the loop's pass to their I/O tasks.
+    fn flush(&self) {
+        self.shared.flush();
     }
 
     /// The lifespan state; each request scope gets a shallow copy.
@@ -642,7 +691,11 @@ impl Conn {
         }
     }
 
-    fn push(&self, bytes: Vec<u8>) -> bool {
+    fn cmd(&self, py: Python<'_>, cmd: Cmd) {
+        self.shared.send_cmd(py, &self.tx, cmd);
+    }
+
+    fn push(&self, py: Python<'_>, bytes: Vec<u8>) -> bool {
         let n = bytes.len();
         if n == 0 {
             return true;
@@ -650,10 +703,11 @@ impl Conn {
         if self.conn.closed.load(Ordering::Acquire) {
             return true;
         }
-        let b = self.conn.buffered.fetch_add(n, Ordering::AcqRel) + n;
-        if self.tx.send(Cmd::Write(bytes)).is_err() {
+        if self.tx.is_closed() {
             return true;
         }
+        let b = self.conn.buffered.fetch_add(n, Ordering::AcqRel) + n;
+        self.cmd(py, Cmd::Write(bytes));
         if b <= HIGH_WATER {
             return true;
         }
@@ -667,13 +721,9 @@ impl Conn {
         false
     }
 
-    fn finish(&self, inner: &mut ConnInner, keep_alive: bool) {
+    fn finish(&self, py: Python<'_>, inner: &mut ConnInner, keep_alive: bool) {
         inner.resp = Resp::Done;
-        let _ = self.tx.send(if keep_alive {
-            Cmd::End { keep_alive: true }
-        } else {
-            Cmd::End { keep_alive: false }
-        });
+        self.cmd(py, Cmd::End { keep_alive });
         self.access_log(inner);
         self.deactivate(inner);
     }
@@ -954,6 +1004,7 @@ impl Conn {
     /// `http.response.body`. Returns False when the caller must wait for the
     /// connection to drain (the `Drained` event) before sending more.
     fn body(&self, body: &Bound<'_, PyBytes>, more: bool) -> PyResult<bool> {
+        let py = body.py();
         let data = body.as_bytes();
         let mut inner = lock(&self.inner);
         let resp = std::mem::replace(&mut inner.resp, Resp::Done);
@@ -980,7 +1031,7 @@ impl Conn {
                 let n = data.len() as u64;
                 if n > left {
                     inner.resp = Resp::Done;
-                    let _ = self.tx.send(Cmd::Abort);
+                    self.cmd(py, Cmd::Abort);
                     self.deactivate(&mut inner);
                     return Err(PyRuntimeError::new_err(
                         "Response content longer than Content-Length",
@@ -1004,13 +1055,13 @@ impl Conn {
         if framing != Framing::None {
             inner.sent += data.len() as u64;
         }
-        let ok = self.push(out);
+        let ok = self.push(py, out);
         if more {
             inner.resp = Resp::Streaming { framing };
         } else {
             let complete = !matches!(framing, Framing::Length(n) if n > 0);
             let keep = complete && self.keep_alive_now(&inner, framing);
-            self.finish(&mut inner, keep);
+            self.finish(py, &mut inner, keep);
         }
         Ok(ok)
     }
@@ -1019,6 +1070,7 @@ impl Conn {
     #[pyo3(signature = (subprotocol=None, headers=None))]
     fn ws_accept(
         &self,
+        py: Python<'_>,
         subprotocol: Option<String>,
         headers: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
@@ -1087,14 +1139,14 @@ impl Conn {
         inner.resp = Resp::Streaming {
             framing: Framing::None,
         };
-        let _ = self.tx.send(Cmd::WsAccept(out, deflate));
+        self.cmd(py, Cmd::WsAccept(out, deflate));
         self.access_log(&inner);
         Ok(())
     }
 
     /// `websocket.send`. Returns False when the caller must wait for `Drained`.
     #[pyo3(signature = (text=None, data=None))]
-    fn ws_send(&self, text: Option<String>, data: Option<Vec<u8>>) -> bool {
+    fn ws_send(&self, py: Python<'_>, text: Option<String>, data: Option<Vec<u8>>) -> bool {
         let (n, cmd) = match (text, data) {
             (Some(t), _) => (t.len().max(1), Cmd::WsText(t)),
             (None, d) => {
@@ -1102,11 +1154,12 @@ impl Conn {
                 (d.len().max(1), Cmd::WsBinary(d))
             }
         };
-        if self.conn.closed.load(Ordering::Acquire) {
+        if self.conn.closed.load(Ordering::Acquire) || self.tx.is_closed() {
             return true;
         }
         let b = self.conn.buffered.fetch_add(n, Ordering::AcqRel) + n;
-        if self.tx.send(cmd).is_err() || b <= HIGH_WATER {
+        self.cmd(py, cmd);
+        if b <= HIGH_WATER {
             return true;
         }
         self.conn.want_drain.store(true, Ordering::SeqCst);
@@ -1119,30 +1172,30 @@ impl Conn {
 
     /// `websocket.close` after the accept: sends a close frame.
     #[pyo3(signature = (code=1000, reason=String::new()))]
-    fn ws_close(&self, code: u16, reason: String) {
+    fn ws_close(&self, py: Python<'_>, code: u16, reason: String) {
         let mut inner = lock(&self.inner);
         inner.resp = Resp::Done;
-        let _ = self.tx.send(Cmd::WsClose(code, reason));
+        self.cmd(py, Cmd::WsClose(code, reason));
         self.deactivate(&mut inner);
     }
 
     /// `websocket.close` before the accept: the handshake is refused with 403.
-    fn ws_reject(&self) {
+    fn ws_reject(&self, py: Python<'_>) {
         let mut inner = lock(&self.inner);
         if !matches!(inner.resp, Resp::NotStarted) {
             return;
         }
         inner.resp = Resp::Done;
         inner.status = 403;
-        self.push(error_response(403, "Forbidden", ""));
-        let _ = self.tx.send(Cmd::End { keep_alive: false });
+        self.push(py, error_response(403, "Forbidden", ""));
+        self.cmd(py, Cmd::End { keep_alive: false });
         self.access_log(&inner);
         self.deactivate(&mut inner);
     }
 
     /// The app wants the next request-body piece (the `Body` event brings it).
-    fn read_body(&self) {
-        let _ = self.tx.send(Cmd::ReadBody);
+    fn read_body(&self, py: Python<'_>) {
+        self.cmd(py, Cmd::ReadBody);
     }
 
     /// The app is done (returned or raised). Before the response started: a 500 when
@@ -1157,8 +1210,8 @@ impl Conn {
                 inner.status = 500;
                 inner.sent = 0;
                 inner.resp = Resp::Done;
-                self.push(bytes);
-                let _ = self.tx.send(Cmd::End { keep_alive: false });
+                self.push(py, bytes);
+                self.cmd(py, Cmd::End { keep_alive: false });
                 self.access_log(&inner);
                 self.deactivate(&mut inner);
             }
@@ -1171,7 +1224,7 @@ impl Conn {
             }
             _ => {
                 inner.resp = Resp::Done;
-                let _ = self.tx.send(Cmd::Abort);
+                self.cmd(py, Cmd::Abort);
                 self.access_log(&inner);
                 self.deactivate(&mut inner);
             }
