@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{pthread_sigmask, SigmaskHow};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::http::parse::is_tchar;
@@ -248,7 +248,9 @@ struct Setup {
 }
 
 /// Where each listener is bound, for `scope["server"]`.
-type ServerAddr = Option<(String, u16)>;
+/// The scope's `server` for a listener: `(host, port)`, built once; None for a unix
+/// socket.
+type ServerAddr = Option<Py<PyTuple>>;
 
 /// The ASGI worker core, driven by `ferrocorn.asgi`.
 #[pyclass(module = "ferrocorn._ferrocorn", name = "AsgiWorker", frozen)]
@@ -282,6 +284,7 @@ impl AsgiWorker {
         slot: usize,
         asgi: Py<PyDict>,
     ) -> PyResult<Self> {
+        let py = listeners.py();
         let opts = Options::from_dict(options)?;
         let worker_connections: usize = get::<usize>(options, "worker_connections")?.max(1);
         let keepalive: f64 = get(options, "keepalive")?;
@@ -307,7 +310,16 @@ impl AsgiWorker {
         let mut servers = Vec::new();
         for l in inherited_listeners(listeners)? {
             servers.push(match &l {
-                Listener::Tcp(_, addr) => Some((addr.ip().to_string(), addr.port())),
+                Listener::Tcp(_, addr) => Some(
+                    PyTuple::new(
+                        py,
+                        [
+                            addr.ip().to_string().into_pyobject(py)?.into_any(),
+                            addr.port().into_pyobject(py)?.into_any(),
+                        ],
+                    )?
+                    .unbind(),
+                ),
                 Listener::Unix(_) => None,
             });
             ls.push(l);
@@ -493,22 +505,34 @@ impl AsgiWorker {
 
 impl AsgiWorker {
     fn scope<'py>(&self, py: Python<'py>, req: &NewRequest) -> PyResult<Bound<'py, PyDict>> {
+        // Keys and constant values are interned: building them from UTF-8 for every
+        // request was the loop thread's largest single cost in a hello-world profile
+        // (py-spy --native: unicode_decode_utf8 under events()).
+        use pyo3::intern;
         let head = &req.head;
         let d = PyDict::new(py);
-        d.set_item("type", if req.websocket { "websocket" } else { "http" })?;
-        d.set_item("asgi", self.asgi.bind(py))?;
-        d.set_item(
-            "http_version",
-            match head.version {
-                Version::Http10 => "1.0",
-                Version::Http11 => "1.1",
-            },
-        )?;
+        let kind = if req.websocket {
+            intern!(py, "websocket")
+        } else {
+            intern!(py, "http")
+        };
+        d.set_item(intern!(py, "type"), kind)?;
+        d.set_item(intern!(py, "asgi"), self.asgi.bind(py))?;
+        let version = match head.version {
+            Version::Http10 => intern!(py, "1.0"),
+            Version::Http11 => intern!(py, "1.1"),
+        };
+        d.set_item(intern!(py, "http_version"), version)?;
         let trusted = self.shared.cfg.trust.allows(&req.peer);
         let proto = if trusted { forwarded_proto(head) } else { None };
         let https = proto.is_some_and(|p| p == "https" || p == "wss");
         if req.websocket {
-            d.set_item("scheme", if https { "wss" } else { "ws" })?;
+            let scheme = if https {
+                intern!(py, "wss")
+            } else {
+                intern!(py, "ws")
+            };
+            d.set_item(intern!(py, "scheme"), scheme)?;
             let protos: Vec<String> = head
                 .headers
                 .iter()
@@ -521,23 +545,45 @@ impl AsgiWorker {
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            d.set_item("subprotocols", protos)?;
+            d.set_item(intern!(py, "subprotocols"), protos)?;
         } else {
-            d.set_item("method", &head.method)?;
-            d.set_item("scheme", if https { "https" } else { "http" })?;
+            let method = match head.method.as_str() {
+                "GET" => intern!(py, "GET").clone(),
+                "POST" => intern!(py, "POST").clone(),
+                "HEAD" => intern!(py, "HEAD").clone(),
+                "PUT" => intern!(py, "PUT").clone(),
+                "DELETE" => intern!(py, "DELETE").clone(),
+                "PATCH" => intern!(py, "PATCH").clone(),
+                "OPTIONS" => intern!(py, "OPTIONS").clone(),
+                other => PyString::new(py, other),
+            };
+            d.set_item(intern!(py, "method"), method)?;
+            let scheme = if https {
+                intern!(py, "https")
+            } else {
+                intern!(py, "http")
+            };
+            d.set_item(intern!(py, "scheme"), scheme)?;
         }
         let (raw_path, query, _) = head.split_target();
         let decoded = percent_decode(raw_path);
         let path = String::from_utf8_lossy(&decoded);
         let root = &self.shared.cfg.root_path;
         if root.is_empty() {
-            d.set_item("path", path.as_ref())?;
+            d.set_item(intern!(py, "path"), path.as_ref())?;
+            d.set_item(intern!(py, "root_path"), intern!(py, ""))?;
         } else {
-            d.set_item("path", format!("{root}{path}"))?;
+            d.set_item(intern!(py, "path"), format!("{root}{path}"))?;
+            d.set_item(intern!(py, "root_path"), root)?;
         }
-        d.set_item("raw_path", PyBytes::new(py, raw_path.as_bytes()))?;
-        d.set_item("query_string", PyBytes::new(py, query.as_bytes()))?;
-        d.set_item("root_path", root)?;
+        d.set_item(
+            intern!(py, "raw_path"),
+            PyBytes::new(py, raw_path.as_bytes()),
+        )?;
+        d.set_item(
+            intern!(py, "query_string"),
+            PyBytes::new(py, query.as_bytes()),
+        )?;
         let headers = PyList::empty(py);
         for (name, value) in &head.headers {
             let lower = name.to_ascii_lowercase();
@@ -546,34 +592,33 @@ impl AsgiWorker {
                 [PyBytes::new(py, lower.as_bytes()), PyBytes::new(py, value)],
             )?)?;
         }
-        d.set_item("headers", headers)?;
+        d.set_item(intern!(py, "headers"), headers)?;
         let forwarded = if trusted {
             forwarded_client(head, &self.shared.cfg.trust)
         } else {
             None
         };
+        let client = intern!(py, "client");
         match (forwarded, &req.peer) {
-            (Some(host), _) => d.set_item("client", (host, 0))?,
-            (None, Peer::Tcp(addr)) => {
-                d.set_item("client", (addr.ip().to_string(), addr.port()))?
-            }
-            (None, Peer::Unix) => d.set_item("client", py.None())?,
+            (Some(host), _) => d.set_item(client, (host, 0))?,
+            (None, Peer::Tcp(addr)) => d.set_item(client, (addr.ip().to_string(), addr.port()))?,
+            (None, Peer::Unix) => d.set_item(client, py.None())?,
         }
-        match self.servers.get(req.listener).cloned().flatten() {
-            Some(s) => d.set_item("server", s)?,
-            None => d.set_item("server", py.None())?,
+        match self.servers.get(req.listener).and_then(Option::as_ref) {
+            Some(s) => d.set_item(intern!(py, "server"), s.bind(py))?,
+            None => d.set_item(intern!(py, "server"), py.None())?,
         }
         match lock(&self.state).as_ref() {
-            Some(state) => d.set_item("state", state.bind(py).copy()?)?,
-            None => d.set_item("state", PyDict::new(py))?,
+            Some(state) => d.set_item(intern!(py, "state"), state.bind(py).copy()?)?,
+            None => d.set_item(intern!(py, "state"), PyDict::new(py))?,
         }
         let ext = PyDict::new(py);
         if req.websocket {
-            ext.set_item("websocket.http.response", PyDict::new(py))?;
+            ext.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
         } else {
-            ext.set_item("http.response.pathsend", PyDict::new(py))?;
+            ext.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
         }
-        d.set_item("extensions", ext)?;
+        d.set_item(intern!(py, "extensions"), ext)?;
         Ok(d)
     }
 }
