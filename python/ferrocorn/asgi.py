@@ -176,7 +176,7 @@ class ClientDisconnected(OSError):
 class WsCycle:
     """One WebSocket connection: ``websocket.connect``, messages, ``disconnect``."""
 
-    __slots__ = ("closed_code", "conn", "drain", "queue", "scope", "state", "waiter")
+    __slots__ = ("closed_code", "conn", "drain", "queue", "scope", "state", "task", "waiter")
 
     def __init__(self, conn: Any, scope: dict) -> None:
         self.conn = conn
@@ -186,6 +186,7 @@ class WsCycle:
         self.drain: asyncio.Future[None] | None = None
         self.state = "connecting"  # accepted, closed (by the app), rejected
         self.closed_code: int | None = None  # set once the connection is gone
+        self.task: asyncio.Task[None] | None = None
 
     @property
     def disconnected(self) -> bool:
@@ -376,7 +377,6 @@ class AsgiServer:
         self.log = worker.log
         self.app, self.version = as_asgi3(worker.wsgi)
         self.cycles: dict[int, Cycle] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
         self.core: Any = None
         self.done: asyncio.Future[None] | None = None
         # pre_request/post_request, as the WSGI workers call them (None: not set).
@@ -432,10 +432,12 @@ class AsgiServer:
         self.core.start()
         await self.done
         loop.remove_reader(self.core.fileno())
-        for task in list(self.tasks):
+        # Every running request task is in `cycles` (each removes itself at its end).
+        tasks = [c.task for c in self.cycles.values() if c.task is not None]
+        for task in tasks:
             task.cancel()
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=1.0)
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
         self.core.flush()  # what the cancelled tasks queued: the loop stops after this
         if lifespan is not None:
             await lifespan.shutdown()
@@ -473,15 +475,12 @@ class AsgiServer:
                 if scope["type"] == "websocket":
                     ws = WsCycle(conn, scope)
                     cycles[conn.id] = ws  # type: ignore[assignment]
-                    task = loop.create_task(self._run_ws(ws))
+                    ws.task = loop.create_task(self._run_ws(ws))
                 else:
                     cycle = Cycle(conn, scope, ev[3], ev[4])
                     cycles[conn.id] = cycle
                     run = self._run if self.hooks is None else self._run_hooked
-                    task = loop.create_task(run(cycle))
-                    cycle.task = task
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                    cycle.task = loop.create_task(run(cycle))
             elif kind == 1:
                 c = cycles.get(ev[1])
                 if c is not None:
@@ -601,12 +600,11 @@ class AsgiServer:
         else:
             if result is not None:
                 self.log.error("ASGI callable should return None, but returned '%s'.", result)
-            if not conn.complete and not conn.closed:
-                if not conn.started:
-                    self.log.error("ASGI callable returned without starting response.")
-                else:
-                    self.log.error("ASGI callable returned without completing response.")
-            conn.end()
+            unfinished = conn.end()
+            if unfinished == 1:
+                self.log.error("ASGI callable returned without starting response.")
+            elif unfinished == 2:
+                self.log.error("ASGI callable returned without completing response.")
         finally:
             self.cycles.pop(conn.id, None)
 

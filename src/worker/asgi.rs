@@ -1243,11 +1243,18 @@ impl Conn {
         self.cmd(py, Cmd::ReadBody);
     }
 
-    /// The app is done (returned or raised). Before the response started: a 500 when
-    /// `error` is true (the app raised or returned without responding). After: close
-    /// unless the response was complete.
-    fn end(&self, py: Python<'_>) {
+    /// The app is done (returned or raised). Before the response started: a 500.
+    /// After: close unless the response was complete. Returns what was unfinished,
+    /// for the caller's log line, in one call instead of three getters: 0 nothing (or
+    /// the client is gone), 1 the response had not started, 2 it had not completed.
+    fn end(&self, py: Python<'_>) -> u8 {
         let mut inner = lock(&self.inner);
+        let unfinished = match inner.resp {
+            _ if self.conn.closed.load(Ordering::Acquire) => 0,
+            Resp::Done => 0,
+            Resp::NotStarted => 1,
+            _ => 2,
+        };
         match inner.resp {
             Resp::Done => {}
             Resp::NotStarted => {
@@ -1274,6 +1281,7 @@ impl Conn {
                 self.deactivate(&mut inner);
             }
         }
+        unfinished
     }
 }
 
