@@ -172,6 +172,23 @@ impl IoStream {
         }
     }
 
+    /// Waits until the socket may have bytes to read (or EOF); no syscall of its own.
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        match self {
+            IoStream::Tcp(s) => s.readable().await,
+            IoStream::Unix(s) => s.readable().await,
+        }
+    }
+
+    /// One non-blocking read; `WouldBlock` also clears the reactor's readiness, so a
+    /// later [`IoStream::readable`] waits for new bytes.
+    pub(crate) fn try_read(&self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            IoStream::Tcp(s) => s.try_read(out),
+            IoStream::Unix(s) => s.try_read(out),
+        }
+    }
+
     pub(crate) async fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         match self {
             IoStream::Tcp(s) => s.read(out).await,

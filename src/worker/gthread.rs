@@ -30,7 +30,7 @@ use nix::sys::signal::{pthread_sigmask, SigmaskHow};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::http::response::error_response;
 use crate::http::{Decoder, HeadParser, HttpError, Limits, RequestHead};
@@ -215,7 +215,7 @@ struct Job {
     peer: Peer,
     listener: usize,
     keep_alive: bool,
-    reply: oneshot::Sender<Returned>,
+    reply: ReplyTo,
 }
 
 /// The connection coming back from a pool thread.
@@ -223,6 +223,64 @@ struct Job {
 struct Returned {
     conn: Conn,
     outcome: Outcome,
+}
+
+/// Where a pool thread leaves a connection when its request is done. One per
+/// connection, reused for each of its requests.
+///
+/// The hand-back wakes the connection's task only when the task must act at once:
+/// a close, a write-behind tail to send, pipelined bytes already buffered, or a
+/// task that asked (`want_wake`). Otherwise the connection is just left here and the
+/// task finds it when the client's next request makes the socket readable, which
+/// wakes it anyway: one cross-thread wake-up (an eventfd write and an epoll round
+/// trip on a parked I/O thread) less per keep-alive request.
+#[derive(Debug, Default)]
+struct Handback {
+    state: Mutex<HandbackState>,
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct HandbackState {
+    /// The connection, and when its request finished.
+    returned: Option<(Returned, Instant)>,
+    /// The job was dropped without a reply (the queue closed under it).
+    dropped: bool,
+    /// The task is waiting for the hand-back itself: wake it.
+    want_wake: bool,
+}
+
+/// The pool thread's end of a [`Handback`]; dropping it unanswered tells the task.
+#[derive(Debug)]
+struct ReplyTo(Option<Arc<Handback>>);
+
+impl ReplyTo {
+    fn send(mut self, shared: &Shared, r: Returned) {
+        let Some(hb) = self.0.take() else { return };
+        let urgent = !r.conn.out.is_empty()
+            || !matches!(r.outcome, Outcome::KeepAlive)
+            || r.conn.pos < r.conn.buf.len();
+        if !urgent {
+            // Idle between requests from now on, as far as max_keepalived counts.
+            shared.idle.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut st = lock(&hb.state);
+        st.returned = Some((r, Instant::now()));
+        let wake = urgent || st.want_wake;
+        drop(st);
+        if wake {
+            hb.notify.notify_one();
+        }
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if let Some(hb) = self.0.take() {
+            lock(&hb.state).dropped = true;
+            hb.notify.notify_one();
+        }
+    }
 }
 
 /// What `run()` needs and `new()` prepares (taken once).
@@ -627,7 +685,7 @@ fn run_job(
     }
     shared.busy.fetch_sub(1, Ordering::Relaxed);
     shared.publish();
-    let _ = reply.send(Returned { conn, outcome });
+    reply.send(shared, Returned { conn, outcome });
 }
 
 // ------------------------------------------------------------------ I/O thread
@@ -873,48 +931,60 @@ async fn serve_conn(
     let mut buf: Vec<u8> = Vec::with_capacity(2048);
     let mut pos = 0usize;
     let mut first = true;
+    let handback = Arc::new(Handback::default());
+    let mut idle_since = Instant::now();
     loop {
-        let head = match read_head(&ctx.shared, &mut io, &mut buf, &mut pos, first).await {
-            HeadRead::Head(h) => h,
-            HeadRead::Closed => return,
-            HeadRead::Invalid(err) => {
-                let ip = peer.ip().map(|i| i.to_string()).unwrap_or_default();
-                if err.wants_response() {
-                    ctx.shared
-                        .log("warning", format!("Invalid request from ip={ip}: {err}"));
-                    write_quietly(&mut io, &err.to_response(), ctx.shared.cfg.timeout).await;
-                } else {
-                    ctx.shared.log(
-                        "debug",
-                        format!("Ignored premature client disconnection: {err}"),
-                    );
+        let head =
+            match read_head(&ctx.shared, &mut io, &mut buf, &mut pos, first, idle_since).await {
+                HeadRead::Head(h) => h,
+                HeadRead::Closed => return,
+                HeadRead::Invalid(err) => {
+                    let ip = peer.ip().map(|i| i.to_string()).unwrap_or_default();
+                    if err.wants_response() {
+                        ctx.shared
+                            .log("warning", format!("Invalid request from ip={ip}: {err}"));
+                        write_quietly(&mut io, &err.to_response(), ctx.shared.cfg.timeout).await;
+                    } else {
+                        ctx.shared.log(
+                            "debug",
+                            format!("Ignored premature client disconnection: {err}"),
+                        );
+                    }
+                    close_gracefully(io).await;
+                    return;
                 }
-                close_gracefully(io).await;
-                return;
-            }
-            HeadRead::TimedOut => {
-                // Beyond gunicorn, whose gthread pins a thread on a partial head.
-                let bytes = error_response(408, "Request Timeout", "");
-                write_quietly(&mut io, &bytes, ctx.shared.cfg.timeout).await;
-                close_gracefully(io).await;
-                return;
-            }
-        };
+                HeadRead::TimedOut => {
+                    // Beyond gunicorn, whose gthread pins a thread on a partial head.
+                    let bytes = error_response(408, "Request Timeout", "");
+                    write_quietly(&mut io, &bytes, ctx.shared.cfg.timeout).await;
+                    close_gracefully(io).await;
+                    return;
+                }
+            };
         first = false;
-        match preread_body(&ctx.shared.cfg, &mut io, &mut buf, &mut pos, &head).await {
-            BodyRead::Ready => {}
-            BodyRead::TimedOut => {
-                let bytes = error_response(408, "Request Timeout", "");
-                write_quietly(&mut io, &bytes, ctx.shared.cfg.timeout).await;
-                close_gracefully(io).await;
-                return;
-            }
-            BodyRead::Closed => return,
-        }
+        let body_buffered =
+            match preread_body(&ctx.shared.cfg, &mut io, &mut buf, &mut pos, &head).await {
+                BodyRead::Complete => true,
+                BodyRead::Streamed => false,
+                BodyRead::TimedOut => {
+                    let bytes = error_response(408, "Request Timeout", "");
+                    write_quietly(&mut io, &bytes, ctx.shared.cfg.timeout).await;
+                    close_gracefully(io).await;
+                    return;
+                }
+                BodyRead::Closed => return,
+            };
         let keep_alive = ctx.admit();
         let stream = io.lend(ctx.shared.cfg.timeout);
         let loan = OnLoan(Some(io));
-        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = lock(&handback.state);
+            st.returned = None;
+            st.dropped = false;
+            // The app will read the rest of the body from the socket: readability
+            // says nothing about the next request, so the hand-back must wake us.
+            st.want_wake = !body_buffered;
+        }
         let job = Job {
             conn: Conn {
                 stream,
@@ -927,7 +997,7 @@ async fn serve_conn(
             peer: peer.clone(),
             listener,
             keep_alive,
-            reply: tx,
+            reply: ReplyTo(Some(handback.clone())),
         };
         ctx.shared.queued.fetch_add(1, Ordering::Relaxed);
         ctx.shared.publish();
@@ -939,14 +1009,16 @@ async fn serve_conn(
                 .log("error", "request queue full or closed".to_owned());
             return;
         }
-        let reply = rx.await;
-        // The job has ended one way or the other (a reply, or the job dropped with
-        // its sender): no thread uses the descriptor any more.
+        let mut early = Vec::new();
+        let reply = wait_handback(&ctx.shared, &handback, &loan, body_buffered, &mut early).await;
+        // The job has ended one way or the other (a reply, or the job dropped): no
+        // thread uses the descriptor any more.
         let Some(back) = loan.give_back() else { return };
         io = back;
-        let Ok(Returned { conn, outcome }) = reply else {
+        let Some((Returned { conn, outcome }, done_at)) = reply else {
             return;
         };
+        idle_since = done_at;
         let Conn {
             buf: b,
             pos: p,
@@ -955,12 +1027,14 @@ async fn serve_conn(
         } = conn;
         buf = b;
         pos = p;
+        // Bytes of the next request read while clearing the socket's readiness.
+        buf.extend_from_slice(&early);
         if !out.is_empty() {
             // The write-behind tail: the app is done, its thread is free, and the
             // client gets the rest at its own pace, within `--timeout`.
             let t = ctx.shared.cfg.timeout.unwrap_or(Duration::from_secs(30));
             match tokio::time::timeout(t, io.write_all(&out)).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => idle_since = Instant::now(),
                 _ => return,
             }
         }
@@ -979,6 +1053,81 @@ async fn serve_conn(
                 close_gracefully(io).await;
                 return;
             }
+        }
+    }
+}
+
+/// Waits for the pool thread to hand the connection back (see [`Handback`]), and
+/// returns it with the time its request finished. `None` when the job was dropped
+/// unanswered.
+///
+/// With the whole request buffered the app never reads from the socket, so this
+/// task may: non-blocking reads clear the reactor's readiness (any bytes, the next
+/// request's, go to `early`), after which readability means the client has sent its
+/// next request, by which time the response is normally done and waiting here. If
+/// it is not (pipelining, a slow app), on EOF, or on a stop, the task asks to be
+/// woken. A timer every `--keep-alive` seconds lets the caller close a connection
+/// that stays idle.
+async fn wait_handback(
+    shared: &Shared,
+    hb: &Handback,
+    loan: &OnLoan,
+    body_buffered: bool,
+    early: &mut Vec<u8>,
+) -> Option<(Returned, Instant)> {
+    let io = loan.0.as_ref()?;
+    let mut watch_socket = body_buffered;
+    if watch_socket {
+        let mut scratch = [0u8; 4096];
+        let drained = loop {
+            match io.try_read(&mut scratch) {
+                Ok(0) => break false,
+                Ok(n) => {
+                    early.extend_from_slice(&scratch[..n]);
+                    if early.len() >= PREREAD_MAX {
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                Err(_) => break false,
+            }
+        };
+        watch_socket = drained && early.is_empty();
+    }
+    let mut stop = shared.stop_tx.subscribe();
+    let tick = shared
+        .cfg
+        .keepalive
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_millis(100));
+    let mut check_at = Instant::now() + tick;
+    loop {
+        {
+            let mut st = lock(&hb.state);
+            if let Some((r, done_at)) = st.returned.take() {
+                let urgent = !r.conn.out.is_empty()
+                    || !matches!(r.outcome, Outcome::KeepAlive)
+                    || r.conn.pos < r.conn.buf.len();
+                if !urgent {
+                    shared.idle.fetch_sub(1, Ordering::Relaxed);
+                }
+                return Some((r, done_at));
+            }
+            if st.dropped {
+                return None;
+            }
+            if !watch_socket {
+                st.want_wake = true;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = hb.notify.notified() => {}
+            _ = io.readable(), if watch_socket => watch_socket = false,
+            _ = tokio::time::sleep_until(check_at.into()), if watch_socket => {
+                check_at = Instant::now() + tick;
+            }
+            _ = stop.changed(), if watch_socket => watch_socket = false,
         }
     }
 }
@@ -1030,14 +1179,16 @@ async fn read_head(
     buf: &mut Vec<u8>,
     pos: &mut usize,
     first: bool,
+    idle_since: Instant,
 ) -> HeadRead {
     let cfg = &shared.cfg;
     let mut parser = HeadParser::new(&cfg.limits);
     let now = Instant::now();
+    // A kept-alive connection's idle time counts from the end of the response.
     let mut idle_deadline = if first {
         cfg.timeout.map(|t| now + t)
     } else {
-        Some(now + cfg.keepalive.unwrap_or(Duration::ZERO))
+        Some(idle_since + cfg.keepalive.unwrap_or(Duration::ZERO))
     };
     let mut head_deadline: Option<Option<Instant>> = None;
     let mut idle = (!first).then(|| Gauge::new(shared, &shared.idle));
@@ -1091,10 +1242,12 @@ async fn read_head(
 /// How pre-reading a body ended.
 #[derive(Debug, PartialEq, Eq)]
 enum BodyRead {
-    /// Whole, or large enough to be streamed by the app, or framed wrongly (the
-    /// app's `wsgi.input` finds and reports the error as on the sync worker), or cut
-    /// short by EOF (likewise).
-    Ready,
+    /// The whole body is in the buffer: the app will not read from the socket.
+    Complete,
+    /// Large enough to be streamed by the app, or awaiting `100 Continue`, or framed
+    /// wrongly (the app's `wsgi.input` finds and reports the error as on the sync
+    /// worker), or cut short by EOF (likewise): the app reads from the socket.
+    Streamed,
     /// The body stopped arriving for `--timeout`: 408.
     TimedOut,
     /// A socket error: close.
@@ -1141,18 +1294,19 @@ async fn preread_body(
     head: &RequestHead,
 ) -> BodyRead {
     if head.expect_continue {
-        return BodyRead::Ready;
+        return BodyRead::Streamed;
     }
     let mut dec = Decoder::new(head.body, &cfg.limits);
     let mut scanned = 0usize;
     let deadline = cfg.timeout.map(|t| Instant::now() + t);
     loop {
         match check_body(&mut dec, &buf[*pos..], &mut scanned) {
-            BodyCheck::Complete | BodyCheck::Invalid => return BodyRead::Ready,
+            BodyCheck::Complete => return BodyRead::Complete,
+            BodyCheck::Invalid => return BodyRead::Streamed,
             BodyCheck::NeedMore => {}
         }
         if buf.len() - *pos >= PREREAD_MAX {
-            return BodyRead::Ready;
+            return BodyRead::Streamed;
         }
         compact(buf, pos);
         let r = tokio::select! {
@@ -1161,7 +1315,7 @@ async fn preread_body(
             _ = sleep_until_opt(deadline) => None,
         };
         match r {
-            Some(Ok(0)) => return BodyRead::Ready,
+            Some(Ok(0)) => return BodyRead::Streamed,
             Some(Ok(_)) => {}
             Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Some(Err(_)) => return BodyRead::Closed,
