@@ -290,14 +290,33 @@ impl EnvironBuilder {
             None => host_to_server(host, url_scheme),
         };
 
-        env.set_item(pyo3::intern!(py, "REQUEST_METHOD"), head.method.as_str())?;
+        // Common values interned: building each from UTF-8 per request showed up in
+        // the asgi worker's profile (the same dict-building work as here).
+        let method = match head.method.as_str() {
+            "GET" => pyo3::intern!(py, "GET").clone(),
+            "POST" => pyo3::intern!(py, "POST").clone(),
+            "HEAD" => pyo3::intern!(py, "HEAD").clone(),
+            "PUT" => pyo3::intern!(py, "PUT").clone(),
+            "DELETE" => pyo3::intern!(py, "DELETE").clone(),
+            other => PyString::new(py, other),
+        };
+        let protocol = match head.version {
+            crate::http::Version::Http11 => pyo3::intern!(py, "HTTP/1.1"),
+            crate::http::Version::Http10 => pyo3::intern!(py, "HTTP/1.0"),
+        };
+        env.set_item(pyo3::intern!(py, "REQUEST_METHOD"), method)?;
         env.set_item(pyo3::intern!(py, "QUERY_STRING"), query)?;
         env.set_item(pyo3::intern!(py, "RAW_URI"), head.target.as_str())?;
-        env.set_item(pyo3::intern!(py, "SERVER_PROTOCOL"), head.version.as_str())?;
+        env.set_item(pyo3::intern!(py, "SERVER_PROTOCOL"), protocol)?;
         env.set_item(pyo3::intern!(py, "PATH_INFO"), path_info)?;
         env.set_item(pyo3::intern!(py, "SCRIPT_NAME"), script_name)?;
         env.set_item(pyo3::intern!(py, "SERVER_NAME"), server_name)?;
         env.set_item(pyo3::intern!(py, "SERVER_PORT"), server_port)?;
+        let url_scheme = if url_scheme == "https" {
+            pyo3::intern!(py, "https")
+        } else {
+            pyo3::intern!(py, "http")
+        };
         env.set_item(pyo3::intern!(py, "wsgi.url_scheme"), url_scheme)?;
         env.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
         match peer {
