@@ -343,7 +343,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="ferrocorn advise --duration (default 5)",
     )
     p.add_argument("--connections", type=int, default=256, help="wrk -c (default 256)")
-    p.add_argument("--confirm", type=int, default=None, help="re-run rounds (default 2, quick 1)")
+    p.add_argument("--confirm", type=int, default=None, help="re-run rounds (default 3, quick 1)")
     p.add_argument(
         "--memory",
         type=float,
@@ -358,7 +358,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     opts = p.parse_args(argv)
     opts.workers = QUICK_WORKERS if opts.quick else WORKERS
     opts.threads = QUICK_THREADS if opts.quick else THREADS
-    opts.confirm = opts.confirm if opts.confirm is not None else (1 if opts.quick else 2)
+    opts.confirm = opts.confirm if opts.confirm is not None else (1 if opts.quick else 3)
     opts.apps = bench.csv(opts.apps)
     if unknown := [a for a in opts.apps if a not in APPS]:
         p.error(f"unknown app(s) {', '.join(unknown)}; known: {', '.join(APPS)}")

@@ -57,7 +57,12 @@ MEMORY_HEADROOM = 0.8
 # (about 30 KiB measured with a trivial app; app thread-locals come on top).
 THREAD_BYTES = 256 * 1024
 MAX_THREADS = 128  # beyond this, add processes rather than threads
-MIN_WORKERS = 2  # one slow request must not stop the server
+# Sync workers beyond the requests in flight the cores need: a worker is sometimes off
+# its core with no request waiting on I/O (between two connections, preempted by another
+# process of the machine, the load balancer moving it), and a spare one keeps the cores
+# busy meanwhile. The validation sweep showed workers = cores alone losing up to half of
+# the throughput on a shared machine (docs/benchmarks.md, section sweep).
+SPARE_WORKERS = 1
 DEFAULT_TIMEOUT = 30  # gunicorn's
 TIMEOUT_P999_FACTOR = 3.0
 TIMEOUT_MAX_FACTOR = 1.5
@@ -263,7 +268,7 @@ def size_pool(s: Split, m: Measurement, warnings: list[str]) -> dict[str, dict[s
         return int(m.memory_budget // (mem + (threads - 1) * THREAD_BYTES)) if mem else 10**6
 
     rule = 2 * whole + 1
-    sync = max(MIN_WORKERS, needed)
+    sync = needed + SPARE_WORKERS
     queue = (
         f"{s.text()}: I/O is {s.io_share:.0%} of the service time, so {per_core} request(s) "
         f"in flight keep a core {TARGET_UTILISATION:.0%} busy, {needed} for {cores:g} cores"
@@ -275,14 +280,11 @@ def size_pool(s: Split, m: Measurement, warnings: list[str]) -> dict[str, dict[s
             "each other's GIL and have the shortest request path"
         )
         workers_reason = (
-            f"one process per request in flight: {cores:g} cores x {per_core}"
-            + (
-                f", at least {MIN_WORKERS} so one slow request cannot stall the server"
-                if needed < MIN_WORKERS
-                else ""
-            )
-            + f" (gunicorn's (2 x cores) + 1 = {rule} assumes half of a request is I/O; "
-            f"this app's {s.io_share:.0%} is measured)"
+            f"one process per request in flight, {cores:g} cores x {per_core}, plus "
+            f"{SPARE_WORKERS} spare that keeps the cores busy while a worker is off its core "
+            "for reasons other than the app's I/O (between connections, preempted by "
+            f"another process); gunicorn's (2 x cores) + 1 = {rule} assumes half of a "
+            f"request is I/O, this app's {s.io_share:.0%} is measured"
         )
         threads_reason = "a sync worker runs one request at a time"
     else:
@@ -333,7 +335,8 @@ def size_pool(s: Split, m: Measurement, warnings: list[str]) -> dict[str, dict[s
         ),
         "workers": _setting(
             "--workers", workers, workers_reason, cores=cores, in_flight_needed=needed,
-            gunicorn_rule=rule, worker_memory_bytes=mem, worker_memory_kind=mem_kind,
+            gunicorn_rule=rule, spare=SPARE_WORKERS if klass == "sync" else 0,
+            worker_memory_bytes=mem, worker_memory_kind=mem_kind,
             memory_budget_bytes=m.memory_budget,
             workers_that_fit=fits(threads) if mem else None,
             total_memory_bytes=workers * (mem + (threads - 1) * THREAD_BYTES) if mem else None,

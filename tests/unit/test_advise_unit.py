@@ -83,13 +83,13 @@ def test_in_flight_per_core_follows_the_io_ratio():
 # --------------------------------------------------------------------------- recommend
 
 
-def test_cpu_bound_gets_sync_one_worker_per_core():
+def test_cpu_bound_gets_sync_one_worker_per_core_and_a_spare():
     advice = recommend(measure(cpu_ms=3, io_ms=0.05, cores=4))
     assert advice["profile"]["kind"] == "cpu-bound"
     assert value(advice, "worker_class") == "sync"
-    assert value(advice, "workers") == 4
+    assert value(advice, "workers") == 4 + 1
     assert value(advice, "threads") == 1
-    assert advice["args"] == ["-k", "sync", "-w", "4", "--timeout", "30"]
+    assert advice["args"] == ["-k", "sync", "-w", "5", "--timeout", "30"]
     for setting in advice["settings"].values():
         assert setting["reason"] and setting["numbers"]
 
@@ -97,7 +97,7 @@ def test_cpu_bound_gets_sync_one_worker_per_core():
 def test_one_core_still_gets_two_workers():
     advice = recommend(measure(cpu_ms=3, io_ms=0, cores=1))
     assert value(advice, "workers") == 2
-    assert "at least 2" in advice["settings"]["workers"]["reason"]
+    assert "1 spare" in advice["settings"]["workers"]["reason"]
 
 
 def test_io_bound_gets_gthread_with_threads_for_every_core():
@@ -116,7 +116,7 @@ def test_mixed_app_fits_in_sync_processes_up_to_gunicorns_rule():
     advice = recommend(measure(cpu_ms=2, io_ms=0.7, cores=2))
     assert advice["profile"]["kind"] == "mixed"
     assert value(advice, "worker_class") == "sync"
-    assert value(advice, "workers") == 4  # 2 per core keep it 95% busy; <= (2 x cores) + 1
+    assert value(advice, "workers") == 5  # 2 per core keep it 95% busy, + 1 spare
 
 
 def test_more_io_than_gunicorns_rule_covers_goes_to_threads():
