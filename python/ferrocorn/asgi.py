@@ -21,6 +21,8 @@ from typing import Any
 from ferrocorn import _ferrocorn
 
 DISCONNECT = {"type": "http.disconnect"}
+# AsgiConn.body() results (src/worker/asgi.rs).
+BODY_WAIT, BODY_SENT, BODY_GONE = 0, 1, 2
 _PHRASES = frozenset(int(s) for s in HTTPStatus)
 PATHSEND_PIECE = 256 * 1024
 
@@ -129,26 +131,28 @@ class Cycle:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    async def _body(self, body: Any, more: bool) -> None:
-        if self.conn.closed and not self.conn.complete:
-            # The connection is gone (reset, or a write failed): ASGI 2.4's OSError,
-            # so an app that streams without reading receive() stops.
-            raise ClientDisconnected("client disconnected; cannot send the response body")
-        if not isinstance(body, bytes):
-            body = bytes(body)
-        if not self.conn.body(body, more) and not self.conn.closed:
-            self.drain = _new_future()
-            try:
-                await self.drain
-            finally:
-                self.drain = None
-        if not more:
-            self.wake(DISCONNECT)
-
     async def send(self, message: dict) -> None:
         kind = message["type"]
         if kind == "http.response.body":
-            await self._body(message.get("body", b""), bool(message.get("more_body", False)))
+            # Inline rather than a helper coroutine: one coroutine object less for
+            # every body message.
+            body = message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            if not isinstance(body, bytes):
+                body = bytes(body)
+            sent = self.conn.body(body, more)
+            if sent == BODY_GONE:
+                # The connection is gone (reset, or a write failed): ASGI 2.4's
+                # OSError, so an app that streams without reading receive() stops.
+                raise ClientDisconnected("client disconnected; cannot send the response body")
+            if sent == BODY_WAIT and not self.conn.closed:
+                self.drain = _new_future()
+                try:
+                    await self.drain
+                finally:
+                    self.drain = None
+            if not more:
+                self.wake(DISCONNECT)
         elif kind == "http.response.start":
             self.conn.start(message["status"], message.get("headers", ()))
         elif kind == "http.response.pathsend":
@@ -164,7 +168,7 @@ class Cycle:
                 piece = f.read(min(PATHSEND_PIECE, max(left, 0)) or 1)
                 left -= len(piece)
                 more = bool(piece) and left > 0
-                await self._body(piece, more)
+                await self.send({"type": "http.response.body", "body": piece, "more_body": more})
                 if not more:
                     return
 
@@ -257,10 +261,10 @@ class WsCycle:
                 )
             body = message.get("body", b"")
             more = bool(message.get("more_body", False))
-            ok = self.conn.body(body if isinstance(body, bytes) else bytes(body), more)
+            sent = self.conn.body(body if isinstance(body, bytes) else bytes(body), more)
             if not more:
                 self._refused()
-            elif not ok and not self.conn.closed:
+            elif sent == BODY_WAIT and not self.conn.closed:
                 self.drain = _new_future()
                 try:
                     await self.drain

@@ -919,6 +919,12 @@ impl Conn {
     }
 }
 
+/// `AsgiConn.body()` results: queued; queued, but wait for `Drained` before sending
+/// more; not sent, the client is gone.
+const BODY_SENT: u8 = 1;
+const BODY_WAIT: u8 = 0;
+const BODY_GONE: u8 = 2;
+
 /// The answer to an app that failed before starting its response: uvicorn's plain
 /// text 500 (what ASGI apps and their tests expect), not gunicorn's HTML error page.
 fn app_error_500() -> Vec<u8> {
@@ -1048,10 +1054,15 @@ impl Conn {
 
     /// `http.response.body`. Returns False when the caller must wait for the
     /// connection to drain (the `Drained` event) before sending more.
-    fn body(&self, body: &Bound<'_, PyBytes>, more: bool) -> PyResult<bool> {
+    fn body(&self, body: &Bound<'_, PyBytes>, more: bool) -> PyResult<u8> {
         let py = body.py();
         let data = body.as_bytes();
         let mut inner = lock(&self.inner);
+        if self.conn.closed.load(Ordering::Acquire) && !matches!(inner.resp, Resp::Done) {
+            // Gone before the response completed: the caller raises
+            // ClientDisconnected (one call instead of two getters and this one).
+            return Ok(BODY_GONE);
+        }
         let resp = std::mem::replace(&mut inner.resp, Resp::Done);
         let (mut out, framing) = match resp {
             Resp::NotStarted => {
@@ -1062,7 +1073,7 @@ impl Conn {
             }
             Resp::Done => {
                 // Messages after the final body are ignored (spec).
-                return Ok(true);
+                return Ok(BODY_SENT);
             }
             Resp::Started { status, headers } => {
                 self.head_bytes(&mut inner, status, headers, data, more)
@@ -1108,7 +1119,7 @@ impl Conn {
             let keep = complete && self.keep_alive_now(&inner, framing);
             self.finish(py, &mut inner, keep);
         }
-        Ok(ok)
+        Ok(if ok { BODY_SENT } else { BODY_WAIT })
     }
 
     /// `websocket.accept`: answers the handshake with `101 Switching Protocols`.
