@@ -57,11 +57,10 @@ MEMORY_HEADROOM = 0.8
 # (about 30 KiB measured with a trivial app; app thread-locals come on top).
 THREAD_BYTES = 256 * 1024
 MAX_THREADS = 128  # beyond this, add processes rather than threads
-# Sync workers beyond the requests in flight the cores need: a worker is sometimes off
-# its core with no request waiting on I/O (between two connections, preempted by another
-# process of the machine, the load balancer moving it), and a spare one keeps the cores
-# busy meanwhile. The validation sweep showed workers = cores alone losing up to half of
-# the throughput on a shared machine (docs/benchmarks.md, section sweep).
+# Sync workers beyond the requests in flight the cores need: a sync worker also waits
+# on its client, for the request's bytes after accepting the connection (a client or
+# proxy that is slow to send, or descheduled), which the busy time does not count; a
+# spare one keeps the cores busy meanwhile (the "+ 1" of gunicorn's rule).
 SPARE_WORKERS = 1
 DEFAULT_TIMEOUT = 30  # gunicorn's
 TIMEOUT_P999_FACTOR = 3.0
@@ -281,10 +280,10 @@ def size_pool(s: Split, m: Measurement, warnings: list[str]) -> dict[str, dict[s
         )
         workers_reason = (
             f"one process per request in flight, {cores:g} cores x {per_core}, plus "
-            f"{SPARE_WORKERS} spare that keeps the cores busy while a worker is off its core "
-            "for reasons other than the app's I/O (between connections, preempted by "
-            f"another process); gunicorn's (2 x cores) + 1 = {rule} assumes half of a "
-            f"request is I/O, this app's {s.io_share:.0%} is measured"
+            f"{SPARE_WORKERS} spare that keeps the cores busy while a worker waits for a "
+            "client to send its request (not in the measured time); gunicorn's (2 x cores) "
+            f"+ 1 = {rule} assumes half of a request is I/O, this app's {s.io_share:.0%} is "
+            "measured"
         )
         threads_reason = "a sync worker runs one request at a time"
     else:
@@ -1163,8 +1162,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Measure an app and recommend --worker-class, --workers, --threads, "
         "--timeout and --max-requests, with the reasons and numbers. Either give "
         "APP_MODULE (ferrocorn is started and loaded for --duration seconds; arguments "
-        "after -- go to that server, e.g. -- --chdir src), or point it at a running "
-        "server started with --stats-bind.",
+        "after -- go to that server, e.g. -- --chdir src), or measure a running server's "
+        "traffic, found as ferrocorn stats finds it (--control-socket, --pid, --stats-url, "
+        "else the default control socket). See docs/advise.md.",
     )
     p.add_argument("app", nargs="?", metavar="APP_MODULE", help="e.g. myproject.wsgi:application")
     where = p.add_mutually_exclusive_group()
