@@ -30,6 +30,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -93,16 +94,50 @@ def point_args(klass: str, workers: int, threads: int) -> list[str]:
     )
 
 
+def cpu_busy(seconds: float = 1.0) -> float:
+    """The share of the machine's CPU time that was not idle over ``seconds``."""
+
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(x) for x in f.readline().split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values) - idle, sum(values)
+
+    busy0, total0 = read()
+    time.sleep(seconds)
+    busy1, total1 = read()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def wait_idle(opts: argparse.Namespace) -> float:
+    """On a shared machine: wait (at most ``--idle-timeout`` s) until other work uses
+    less than ``--idle-below`` of the CPUs, so a point is not measured during someone
+    else's burst. Returns the last busy share seen (recorded with the run)."""
+    deadline = time.monotonic() + opts.idle_timeout
+    busy = cpu_busy()
+    waited = False
+    while busy > opts.idle_below and time.monotonic() < deadline:
+        if not waited:
+            bench.log(f"  machine {busy:.0%} busy: waiting for it to calm down")
+            waited = True
+        busy = cpu_busy(2.0)
+    return busy
+
+
 def measure(
     app: bench.App, args: list[str], workers: int, opts: argparse.Namespace, rnd: int, tag: str
 ) -> bench.Run:
+    busy = wait_idle(opts) if opts.idle_below < 1 else None
     sc = bench.Scenario(name="sweep", title="", servers=(), apps=(app,))
     server = bench.Server(
         id=f"{tag}{'-'.join(a.lstrip('-') for a in args)}",
         label=" ".join(args),
         cmd=f"{BASE} {shlex.join(args)} {{app}}",
     )
-    return bench.measure(sc, server, app, opts.connections, workers, rnd, opts)
+    run = bench.measure(sc, server, app, opts.connections, workers, rnd, opts)
+    if busy is not None:
+        run.note = "; ".join(filter(None, [run.note, f"machine {busy:.0%} busy before"]))
+    return run
 
 
 def value(args: list[str], flag: str, default: int) -> int:
@@ -305,7 +340,15 @@ def section(
         "",
         "wrk runs on the same machine and competes for its cores, as in the other scenarios; "
         "with 2 CPUs the differences between the top points are within the noise of "
-        "single short runs.",
+        "single short runs."
+        + (
+            f" Before each point the harness waited (at most {opts.idle_timeout:g} s) until "
+            f"the machine was less than {opts.idle_below:.0%} busy, so that other users' "
+            "bursts fall between points rather than in them; the busy share seen is in "
+            "each run's note in the JSON."
+            if opts.idle_below < 1
+            else ""
+        ),
         "",
     ]
     for r in results:
@@ -350,6 +393,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="MIB",
         help="memory budget for advise and the grid (default: advise's)",
+    )
+    p.add_argument(
+        "--idle-below",
+        type=float,
+        default=0.25,
+        metavar="SHARE",
+        help="before each point, wait until the machine's CPUs are less busy than this "
+        "(default 0.25; 1 turns the wait off)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="wait at most this long for the machine to calm down (default 120)",
     )
     p.add_argument("--wrk-threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--ferrocorn", default="ferrocorn", help="ferrocorn executable")
