@@ -310,6 +310,15 @@ impl Scoreboard {
     }
 
     /// Every slot with its index (free ones included).
+    /// The open connections of the least loaded accepting worker other than the one
+    /// in slot `me` (None when it is alone): what accept balancing compares with.
+    pub fn least_connections_except(&self, me: usize) -> Option<usize> {
+        self.slots()
+            .filter(|(i, s)| *i != me && s.is_accepting())
+            .map(|(_, s)| usize::try_from(s.connections()).unwrap_or(usize::MAX))
+            .min()
+    }
+
     pub fn slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
         (0..self.capacity).filter_map(move |i| self.slot(i).map(|s| (i, s)))
     }

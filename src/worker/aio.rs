@@ -220,3 +220,47 @@ impl IoStream {
         Stream::Lent { fd, timeout }
     }
 }
+
+/// Accept balancing. Every worker's loop is woken for each new connection (the
+/// listening sockets are shared), and without help the first one to run takes a whole
+/// burst: a load generator's or a proxy's pool of keep-alive connections then lands
+/// on one or two workers while the others idle. So a worker holding at least
+/// `step` connections more than the least loaded other worker (`least_other`,
+/// from the scoreboard) waits a moment before accepting: half a millisecond per
+/// `step` connections of difference, at most 5 ms. `step` is what one more
+/// connection's worth of imbalance means: a gthread worker's threads, a fixed few
+/// for an asgi worker. The less loaded worker, woken
+/// too, takes the connection first; if it does not, the loaded one still does. Alone,
+/// or about as loaded as the others, a worker accepts at once, so accepting is never
+/// throttled when there is nobody to hand the connection to.
+pub(crate) fn accept_delay(open: usize, least_other: Option<usize>, step: usize) -> Duration {
+    let Some(other) = least_other else {
+        return Duration::ZERO;
+    };
+    let step = step.max(1);
+    if open < other.saturating_add(step) {
+        return Duration::ZERO;
+    }
+    let steps = u32::try_from(((open - other) / step).clamp(1, 10)).unwrap_or(10);
+    Duration::from_micros(500) * steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_delay_grows_with_load() {
+        // Alone: never wait (there is nobody to leave the connection to).
+        assert_eq!(accept_delay(10_000, None, 8), Duration::ZERO);
+        // About as loaded as the least loaded other worker: accept at once.
+        assert_eq!(accept_delay(0, Some(0), 8), Duration::ZERO);
+        assert_eq!(accept_delay(107, Some(100), 8), Duration::ZERO);
+        assert_eq!(accept_delay(3, Some(50), 8), Duration::ZERO);
+        // Ahead by `threads` or more: wait, longer the further ahead, at most 5 ms.
+        assert_eq!(accept_delay(8, Some(0), 8), Duration::from_micros(500));
+        assert_eq!(accept_delay(40, Some(0), 8), Duration::from_micros(2500));
+        assert_eq!(accept_delay(10_000, Some(3), 8), Duration::from_millis(5));
+        assert_eq!(accept_delay(3, Some(0), 0), Duration::from_micros(1500));
+    }
+}

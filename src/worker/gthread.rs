@@ -38,7 +38,8 @@ use crate::http::{Decoder, HeadParser, HttpError, Limits, RequestHead};
 use crate::net::{Listener, Peer};
 use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
 use crate::worker::aio::{
-    block_async_signals, close_gracefully, compact, sleep_until_opt, IoListener, IoStream,
+    accept_delay, block_async_signals, close_gracefully, compact, sleep_until_opt, IoListener,
+    IoStream,
 };
 use crate::worker::sync::{
     drain_pipe, get, get_or, hooks_from, inherited_listeners, is_transient_accept_error,
@@ -184,12 +185,7 @@ impl Shared {
 
     /// The open connections of the least loaded other worker that is accepting.
     fn least_loaded_other(&self) -> Option<usize> {
-        self.board
-            .get()
-            .slots()
-            .filter(|(i, s)| *i != self.slot && s.is_accepting())
-            .map(|(_, s)| usize::try_from(s.connections()).unwrap_or(usize::MAX))
-            .min()
+        self.board.get().least_connections_except(self.slot)
     }
 
     fn event(&self, ev: Event) {
@@ -1321,28 +1317,6 @@ async fn write_quietly(io: &mut IoStream, bytes: &[u8], timeout: Option<Duration
     let _ = tokio::time::timeout(t, io.write_all(bytes)).await;
 }
 
-/// Accept balancing. Every worker's loop is woken for each new connection (the
-/// listening sockets are shared), and without help the first one to run takes a whole
-/// burst: a load generator's or a proxy's pool of keep-alive connections then lands
-/// on one or two workers while the others idle. So a worker holding at least
-/// `threads` connections more than the least loaded other worker (`least_other`,
-/// from the scoreboard) waits a moment before accepting: half a millisecond per
-/// `threads` connections of difference, at most 5 ms. The less loaded worker, woken
-/// too, takes the connection first; if it does not, the loaded one still does. Alone,
-/// or about as loaded as the others, a worker accepts at once, so accepting is never
-/// throttled when there is nobody to hand the connection to.
-fn accept_delay(open: usize, least_other: Option<usize>, threads: usize) -> Duration {
-    let Some(other) = least_other else {
-        return Duration::ZERO;
-    };
-    let threads = threads.max(1);
-    if open < other.saturating_add(threads) {
-        return Duration::ZERO;
-    }
-    let steps = u32::try_from(((open - other) / threads).clamp(1, 10)).unwrap_or(10);
-    Duration::from_micros(500) * steps
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1430,21 +1404,6 @@ mod tests {
 
         let mut dec = Decoder::new(BodyKind::Empty, &limits);
         assert_eq!(check_body(&mut dec, b"", &mut 0), BodyCheck::Complete);
-    }
-
-    #[test]
-    fn accept_delay_grows_with_load() {
-        // Alone: never wait (there is nobody to leave the connection to).
-        assert_eq!(accept_delay(10_000, None, 8), Duration::ZERO);
-        // About as loaded as the least loaded other worker: accept at once.
-        assert_eq!(accept_delay(0, Some(0), 8), Duration::ZERO);
-        assert_eq!(accept_delay(107, Some(100), 8), Duration::ZERO);
-        assert_eq!(accept_delay(3, Some(50), 8), Duration::ZERO);
-        // Ahead by `threads` or more: wait, longer the further ahead, at most 5 ms.
-        assert_eq!(accept_delay(8, Some(0), 8), Duration::from_micros(500));
-        assert_eq!(accept_delay(40, Some(0), 8), Duration::from_micros(2500));
-        assert_eq!(accept_delay(10_000, Some(3), 8), Duration::from_millis(5));
-        assert_eq!(accept_delay(3, Some(0), 0), Duration::from_micros(1500));
     }
 
     #[test]
