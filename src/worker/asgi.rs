@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{pthread_sigmask, SigmaskHow};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::http::parse::is_tchar;
@@ -48,7 +48,7 @@ use crate::worker::sync::{
 };
 use crate::worker::ws::{DeflateParams, Incoming, WsConn};
 use crate::worker::{Phase, PhaseCell};
-use crate::wsgi::environ::Trust;
+use crate::wsgi::environ::{method_str, Trust};
 
 /// Request-body bytes read ahead of the app (first piece) or per `receive()` after it.
 const BODY_PIECE: usize = 64 * 1024;
@@ -576,17 +576,7 @@ impl AsgiWorker {
                 .collect();
             d.set_item(intern!(py, "subprotocols"), protos)?;
         } else {
-            let method = match head.method.as_str() {
-                "GET" => intern!(py, "GET").clone(),
-                "POST" => intern!(py, "POST").clone(),
-                "HEAD" => intern!(py, "HEAD").clone(),
-                "PUT" => intern!(py, "PUT").clone(),
-                "DELETE" => intern!(py, "DELETE").clone(),
-                "PATCH" => intern!(py, "PATCH").clone(),
-                "OPTIONS" => intern!(py, "OPTIONS").clone(),
-                other => PyString::new(py, other),
-            };
-            d.set_item(intern!(py, "method"), method)?;
+            d.set_item(intern!(py, "method"), method_str(py, &head.method))?;
             let scheme = if https {
                 intern!(py, "https")
             } else {

@@ -222,6 +222,17 @@ struct Returned {
     outcome: Outcome,
 }
 
+impl Returned {
+    /// Whether the connection's task must act at once (a close, a write-behind tail,
+    /// pipelined bytes already buffered) rather than when the client's next request
+    /// wakes it. Otherwise the connection counts as idle (kept alive) until then.
+    fn needs_task_now(&self) -> bool {
+        !self.conn.out.is_empty()
+            || !matches!(self.outcome, Outcome::KeepAlive)
+            || self.conn.pos < self.conn.buf.len()
+    }
+}
+
 /// Where a pool thread leaves a connection when its request is done. One per
 /// connection, reused for each of its requests.
 ///
@@ -254,9 +265,7 @@ struct ReplyTo(Option<Arc<Handback>>);
 impl ReplyTo {
     fn send(mut self, shared: &Shared, r: Returned) {
         let Some(hb) = self.0.take() else { return };
-        let urgent = !r.conn.out.is_empty()
-            || !matches!(r.outcome, Outcome::KeepAlive)
-            || r.conn.pos < r.conn.buf.len();
+        let urgent = r.needs_task_now();
         if !urgent {
             // Idle between requests from now on, as far as max_keepalived counts.
             shared.idle.fetch_add(1, Ordering::Relaxed);
@@ -1093,10 +1102,7 @@ async fn wait_handback(
         {
             let mut st = lock(&hb.state);
             if let Some((r, done_at)) = st.returned.take() {
-                let urgent = !r.conn.out.is_empty()
-                    || !matches!(r.outcome, Outcome::KeepAlive)
-                    || r.conn.pos < r.conn.buf.len();
-                if !urgent {
+                if !r.needs_task_now() {
                     shared.idle.fetch_sub(1, Ordering::Relaxed);
                 }
                 return Some((r, done_at));

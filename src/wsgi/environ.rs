@@ -292,14 +292,7 @@ impl EnvironBuilder {
 
         // Common values interned: building each from UTF-8 per request showed up in
         // the asgi worker's profile (the same dict-building work as here).
-        let method = match head.method.as_str() {
-            "GET" => pyo3::intern!(py, "GET").clone(),
-            "POST" => pyo3::intern!(py, "POST").clone(),
-            "HEAD" => pyo3::intern!(py, "HEAD").clone(),
-            "PUT" => pyo3::intern!(py, "PUT").clone(),
-            "DELETE" => pyo3::intern!(py, "DELETE").clone(),
-            other => PyString::new(py, other),
-        };
+        let method = method_str(py, &head.method);
         let protocol = match head.version {
             crate::http::Version::Http11 => pyo3::intern!(py, "HTTP/1.1"),
             crate::http::Version::Http10 => pyo3::intern!(py, "HTTP/1.0"),
@@ -329,6 +322,21 @@ impl EnvironBuilder {
             }
         }
         Ok(env)
+    }
+}
+
+/// The request method as a Python string, interned for the common methods: the
+/// WSGI environ and the ASGI scope both need one per request.
+pub fn method_str<'py>(py: Python<'py>, method: &str) -> Bound<'py, PyString> {
+    match method {
+        "GET" => pyo3::intern!(py, "GET").clone(),
+        "POST" => pyo3::intern!(py, "POST").clone(),
+        "HEAD" => pyo3::intern!(py, "HEAD").clone(),
+        "PUT" => pyo3::intern!(py, "PUT").clone(),
+        "DELETE" => pyo3::intern!(py, "DELETE").clone(),
+        "PATCH" => pyo3::intern!(py, "PATCH").clone(),
+        "OPTIONS" => pyo3::intern!(py, "OPTIONS").clone(),
+        other => PyString::new(py, other),
     }
 }
 
