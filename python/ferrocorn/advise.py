@@ -847,8 +847,11 @@ def measuring_server(
         *server_args, app,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "PORT")}
+    # A process group of its own (killpg) but not a session: under autogroup scheduling
+    # a new session is a scheduling group that CFS would hold to an even share against
+    # the load generator's, measuring a server capped at half the machine.
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
+        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, process_group=0
     )
     try:
         port, url = _wait_started(proc, log.name, workers, timeout)
