@@ -884,6 +884,30 @@ def targets_table(
     return rows
 
 
+def section_head(
+    name: str, title: str, meta: dict[str, Any], quick: bool, software: str, busy: str
+) -> list[str]:
+    """The opening lines of a docs/benchmarks.md section (``sweep.py``'s too): its title,
+    the machine and ``software`` measured with, the load average before the run (with
+    ``busy`` when it shows other work competing for the CPUs) and the command."""
+    m = meta["machine"]
+    return [
+        f"## Scenario `{name}`: {title}" + (" (quick run: indicative only)" if quick else ""),
+        "",
+        f"Measured {meta['date']} on {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, "
+        f"{m['kernel']}, Python {m['python']}, {m['wrk']}{software}. "
+        f"1-minute load average before the run: {m['loadavg_1m']}"
+        + (f" ({busy})." if m["loadavg_1m"] >= 0.5 else "."),
+        "",
+        "Command:",
+        "",
+        "```sh",
+        meta["command"],
+        "```",
+        "",
+    ]
+
+
 def section(
     sc: Scenario,
     servers: Sequence[Server],
@@ -892,24 +916,16 @@ def section(
     opts: argparse.Namespace,
     json_path: Path,
 ) -> str:
-    m = meta["machine"]
-    quick = " (quick run: indicative only)" if opts.quick else ""
     versions = ", ".join(f"{k} {v}" for k, v in sorted(meta["versions"].items()))
-    out = [f"## Scenario `{sc.name}`: {sc.title}{quick}", ""]
-    out.append(
-        f"Measured {meta['date']} on {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, "
-        f"{m['kernel']}, Python {m['python']}, {m['wrk']}. Versions: {versions}. "
-        f"1-minute load average before the run: {m['loadavg_1m']}"
-        + (" (other work was competing for the CPUs)." if m["loadavg_1m"] >= 0.5 else ".")
+    out = section_head(
+        sc.name,
+        sc.title,
+        meta,
+        opts.quick,
+        f". Versions: {versions}",
+        "other work was competing for the CPUs",
     )
     out += [
-        "",
-        "Command:",
-        "",
-        "```sh",
-        meta["command"],
-        "```",
-        "",
         f"Each server, started from `benches/` with `benches/` on `PYTHONPATH` "
         f"(`python` is `{sys.executable}`; `PORT` is a free loopback port, `APP` the app "
         f"below):",

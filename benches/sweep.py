@@ -216,7 +216,7 @@ def sweep_app(name: str, opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def fmt(x: float | None) -> str:
-    return "—" if x is None else f"{x:,.0f}"
+    return bench.num(x, 0)
 
 
 def app_section(res: dict[str, Any], opts: argparse.Namespace) -> list[str]:
@@ -280,25 +280,15 @@ def app_section(res: dict[str, Any], opts: argparse.Namespace) -> list[str]:
 def section(
     results: list[dict[str, Any]], meta: dict[str, Any], opts: argparse.Namespace, json_path: Path
 ) -> str:
-    m = meta["machine"]
-    quick = " (quick run: indicative only)" if opts.quick else ""
-    out = [f"## Scenario `sweep`: does `ferrocorn advise` find the best configuration?{quick}", ""]
+    out = bench.section_head(
+        "sweep",
+        "does `ferrocorn advise` find the best configuration?",
+        meta,
+        opts.quick,
+        f", ferrocorn git {meta['git']}",
+        "other work was competing for the CPUs: expect noise",
+    )
     out += [
-        f"Measured {meta['date']} on {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, "
-        f"{m['kernel']}, Python {m['python']}, {m['wrk']}, ferrocorn git {meta['git']}. "
-        f"1-minute load average before the run: {m['loadavg_1m']}"
-        + (
-            " (other work was competing for the CPUs: expect noise)."
-            if m["loadavg_1m"] >= 0.5
-            else "."
-        ),
-        "",
-        "Command:",
-        "",
-        "```sh",
-        meta["command"],
-        "```",
-        "",
         "| app | advise says | advised req/s | best of the sweep | best req/s | ratio |",
         "| --- | --- | ---: | --- | ---: | ---: |",
     ]

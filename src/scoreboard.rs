@@ -8,6 +8,12 @@
 //! workers (its #1863).
 //!
 //! Times are `CLOCK_MONOTONIC` milliseconds, comparable across processes.
+//!
+//! The request counters of a slot count over every worker the slot has had: a new
+//! worker's `claim` does not reset them but records where they stood, and the current
+//! worker's own counts are the difference. So the stats process, which sends StatsD
+//! deltas once a second, also gets the last requests of a worker that exited and was
+//! replaced in the same slot between two of its reads.
 
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
@@ -106,6 +112,65 @@ pub fn quantile(counts: &[u64], q: f64) -> Option<f64> {
     None
 }
 
+/// Request counters; every field is an atomic, so zeroes are a valid start.
+#[repr(C)]
+#[derive(Debug)]
+struct Counters {
+    /// Requests served.
+    requests: AtomicU64,
+    /// Request durations (see [`bucket_index`]).
+    latency: [AtomicU64; BUCKETS],
+    /// Responses with a 5xx status.
+    errors_5xx: AtomicU64,
+    /// Total time spent in requests, in microseconds (summed over threads).
+    busy_us: AtomicU64,
+    /// Responses per status code: index `code - 100` for 100..=599 (statsd's
+    /// `request.status.<code>` and the per-status Prometheus counter). 4 KiB, touched
+    /// only for the codes a worker answers; one atomic add per request.
+    statuses: [AtomicU64; STATUS_CODES],
+}
+
+impl Counters {
+    fn add_request(&self, micros: u64, status: u16) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.latency[bucket_index(micros)].fetch_add(1, Ordering::Relaxed);
+        self.busy_us.fetch_add(micros, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(n) = usize::from(status)
+            .checked_sub(100)
+            .and_then(|i| self.statuses.get(i))
+        {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes `self` a copy of `other`.
+    fn copy_from(&self, other: &Counters) {
+        let copy = |to: &AtomicU64, from: &AtomicU64| {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        copy(&self.requests, &other.requests);
+        for (to, from) in self.latency.iter().zip(&other.latency) {
+            copy(to, from);
+        }
+        copy(&self.errors_5xx, &other.errors_5xx);
+        copy(&self.busy_us, &other.busy_us);
+        for (to, from) in self.statuses.iter().zip(&other.statuses) {
+            copy(to, from);
+        }
+    }
+}
+
+/// `counter` minus `base`: what was counted since `base` was copied from it. Saturates
+/// (a reader racing `claim` may see the new base with the old counter).
+fn since(counter: &AtomicU64, base: &AtomicU64) -> u64 {
+    counter
+        .load(Ordering::Relaxed)
+        .saturating_sub(base.load(Ordering::Relaxed))
+}
+
 /// One worker's slot. Every field is an atomic, so a zero-filled page is a valid,
 /// free slot.
 #[repr(C)]
@@ -115,8 +180,6 @@ pub struct Slot {
     seq: AtomicU64,
     pid: AtomicI32,
     state: AtomicU8,
-    /// Requests served.
-    requests: AtomicU64,
     /// Last sign of life.
     heartbeat_ms: AtomicU64,
     /// When the worker started.
@@ -133,16 +196,12 @@ pub struct Slot {
     busy_threads: AtomicU64,
     /// gthread: open client connections (including idle keep-alive ones).
     connections: AtomicU64,
-    /// Request durations (see [`bucket_index`]).
-    latency: [AtomicU64; BUCKETS],
-    /// Responses with a 5xx status.
-    errors_5xx: AtomicU64,
-    /// Total time spent in requests, in microseconds (summed over threads).
-    busy_us: AtomicU64,
-    /// Responses per status code: index `code - 100` for 100..=599 (statsd's
-    /// `request.status.<code>` and the per-status Prometheus counter). 4 KiB a slot,
-    /// touched only for the codes a worker answers; one atomic add per request.
-    statuses: [AtomicU64; STATUS_CODES],
+    /// Every worker's requests since the board was mapped; never reset, so that
+    /// readers taking differences lose nothing when the slot changes hands.
+    counters: Counters,
+    /// `counters` when the current worker claimed the slot: what it counted itself is
+    /// the difference (see [`Slot::claim`]).
+    base: Counters,
     /// Workers this slot has had since the master started (restarts = spawns − 1);
     /// kept across `claim`.
     spawns: AtomicU64,
@@ -212,23 +271,73 @@ impl Slot {
     /// Counts one served request that took `micros` and answered `status` (0: no
     /// response); any thread may call it.
     pub fn add_request(&self, micros: u64, status: u16) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.latency[bucket_index(micros)].fetch_add(1, Ordering::Relaxed);
-        self.busy_us.fetch_add(micros, Ordering::Relaxed);
-        if status >= 500 {
-            self.errors_5xx.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(n) = usize::from(status)
-            .checked_sub(100)
-            .and_then(|i| self.statuses.get(i))
-        {
-            n.fetch_add(1, Ordering::Relaxed);
-        }
+        self.counters.add_request(micros, status);
     }
 
-    /// The latency histogram's counts.
+    /// Master, before forking the worker that gets the slot: resets its state. The
+    /// request counters go on from where they are (the previous worker's last
+    /// requests may not have been read yet); the new worker's own counts start at
+    /// zero because their base is taken now. The previous worker is gone (reaped), so
+    /// nothing adds to the counters while they are copied.
+    pub fn claim(&self, max_requests: u64) {
+        let now = now_ms();
+        self.pid.store(0, Ordering::Relaxed);
+        self.started_ms.store(now, Ordering::Relaxed);
+        self.request_start_ms.store(0, Ordering::Relaxed);
+        self.max_requests.store(max_requests, Ordering::Relaxed);
+        self.set_gauges(0, 0, 0);
+        self.base.copy_from(&self.counters);
+        self.spawns.fetch_add(1, Ordering::Relaxed);
+        self.begin_request("", "");
+        self.set_state(SlotState::Booting);
+    }
+
+    /// Requests served by the current worker.
+    pub fn worker_requests(&self) -> u64 {
+        since(&self.counters.requests, &self.base.requests)
+    }
+
+    /// Requests served by every worker the slot has had.
+    pub fn slot_requests(&self) -> u64 {
+        self.counters.requests.load(Ordering::Relaxed)
+    }
+
+    /// The current worker's latency histogram.
     pub fn latency_counts(&self) -> [u64; BUCKETS] {
-        std::array::from_fn(|i| self.latency[i].load(Ordering::Relaxed))
+        std::array::from_fn(|i| since(&self.counters.latency[i], &self.base.latency[i]))
+    }
+
+    /// The latency histogram over every worker the slot has had.
+    pub fn slot_latency_counts(&self) -> [u64; BUCKETS] {
+        std::array::from_fn(|i| self.counters.latency[i].load(Ordering::Relaxed))
+    }
+
+    /// The current worker's 5xx responses.
+    pub fn worker_errors_5xx(&self) -> u64 {
+        since(&self.counters.errors_5xx, &self.base.errors_5xx)
+    }
+
+    /// The current worker's time in requests, in microseconds.
+    pub fn worker_busy_us(&self) -> u64 {
+        since(&self.counters.busy_us, &self.base.busy_us)
+    }
+
+    /// `(code, responses)` for every status the current worker answered (`slot`:
+    /// false) or any worker the slot has had (true).
+    pub fn status_counts(&self, slot: bool) -> Vec<(u16, u64)> {
+        let counts = self.counters.statuses.iter().zip(&self.base.statuses);
+        (100u16..)
+            .zip(counts)
+            .map(|(code, (n, base))| {
+                let n = if slot {
+                    n.load(Ordering::Relaxed)
+                } else {
+                    since(n, base)
+                };
+                (code, n)
+            })
+            .filter(|&(_, n)| n > 0)
+            .collect()
     }
 
     /// Publishes the gthread gauges: queued requests, busy threads, open connections.
@@ -367,27 +476,9 @@ impl Scoreboard {
         self.capacity
     }
 
-    /// Master, before fork: give slot `i` to a new worker.
+    /// Master, before fork: give slot `i` to a new worker (see [`Slot::claim`]).
     fn claim(&self, i: usize, max_requests: u64) -> PyResult<()> {
-        let s = self.slot_or_err(i)?;
-        let now = now_ms();
-        s.pid.store(0, Ordering::Relaxed);
-        s.requests.store(0, Ordering::Relaxed);
-        s.started_ms.store(now, Ordering::Relaxed);
-        s.request_start_ms.store(0, Ordering::Relaxed);
-        s.max_requests.store(max_requests, Ordering::Relaxed);
-        s.set_gauges(0, 0, 0);
-        for b in &s.latency {
-            b.store(0, Ordering::Relaxed);
-        }
-        s.errors_5xx.store(0, Ordering::Relaxed);
-        s.busy_us.store(0, Ordering::Relaxed);
-        for n in &s.statuses {
-            n.store(0, Ordering::Relaxed);
-        }
-        s.spawns.fetch_add(1, Ordering::Relaxed);
-        s.begin_request("", "");
-        s.set_state(SlotState::Booting);
+        self.slot_or_err(i)?.claim(max_requests);
         Ok(())
     }
 
@@ -413,7 +504,9 @@ impl Scoreboard {
         Ok(())
     }
 
-    /// A consistent-enough view of slot `i`: ages are in seconds.
+    /// A consistent-enough view of slot `i`: ages are in seconds. The request counters
+    /// are the current worker's; those named `slot_*` count over every worker the slot
+    /// has had (for readers that take differences between two snapshots).
     fn snapshot<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyDict>> {
         let s = self.slot_or_err(i)?;
         let now = now_ms();
@@ -422,7 +515,8 @@ impl Scoreboard {
         let d = PyDict::new(py);
         d.set_item("state", state.name())?;
         d.set_item("pid", s.pid.load(Ordering::Relaxed))?;
-        d.set_item("requests", s.requests.load(Ordering::Relaxed))?;
+        d.set_item("requests", s.worker_requests())?;
+        d.set_item("slot_requests", s.slot_requests())?;
         d.set_item("heartbeat_age", age(s.heartbeat_ms.load(Ordering::Relaxed)))?;
         d.set_item("age", age(s.started_ms.load(Ordering::Relaxed)))?;
         d.set_item("max_requests", s.max_requests.load(Ordering::Relaxed))?;
@@ -437,21 +531,18 @@ impl Scoreboard {
         d.set_item("request", busy.then(|| s.read_text()))?;
         let counts = s.latency_counts();
         d.set_item("latency_buckets", counts.to_vec())?;
+        d.set_item("slot_latency_buckets", s.slot_latency_counts().to_vec())?;
         d.set_item("p50", quantile(&counts, 0.5))?;
         d.set_item("p99", quantile(&counts, 0.99))?;
-        d.set_item("errors_5xx", s.errors_5xx.load(Ordering::Relaxed))?;
-        d.set_item(
-            "busy_seconds",
-            s.busy_us.load(Ordering::Relaxed) as f64 / 1e6,
-        )?;
-        let statuses = PyDict::new(py);
-        for (i, n) in s.statuses.iter().enumerate() {
-            let n = n.load(Ordering::Relaxed);
-            if n > 0 {
-                statuses.set_item(i + 100, n)?;
+        d.set_item("errors_5xx", s.worker_errors_5xx())?;
+        d.set_item("busy_seconds", s.worker_busy_us() as f64 / 1e6)?;
+        for (key, slot) in [("statuses", false), ("slot_statuses", true)] {
+            let statuses = PyDict::new(py);
+            for (code, n) in s.status_counts(slot) {
+                statuses.set_item(code, n)?;
             }
+            d.set_item(key, statuses)?;
         }
-        d.set_item("statuses", statuses)?;
         d.set_item("spawns", s.spawns.load(Ordering::Relaxed))?;
         Ok(d)
     }
@@ -502,22 +593,16 @@ mod tests {
             SlotState::Busy
         );
         s.end_request(1500, 503);
-        assert_eq!(s.requests.load(Ordering::Relaxed), 1);
-        assert_eq!(s.errors_5xx.load(Ordering::Relaxed), 1);
-        assert_eq!(s.busy_us.load(Ordering::Relaxed), 1500);
+        assert_eq!(s.worker_requests(), 1);
+        assert_eq!(s.worker_errors_5xx(), 1);
+        assert_eq!(s.worker_busy_us(), 1500);
         assert_eq!(s.latency_counts()[bucket_index(1500)], 1);
-        assert_eq!(s.statuses[503 - 100].load(Ordering::Relaxed), 1);
+        assert_eq!(s.status_counts(false), vec![(503, 1)]);
         // Out-of-range codes (none, or a nonstandard 6xx+) are not counted, not a panic.
         s.end_request(10, 0);
         s.end_request(10, 999);
-        assert_eq!(s.requests.load(Ordering::Relaxed), 3);
-        assert_eq!(
-            s.statuses
-                .iter()
-                .map(|n| n.load(Ordering::Relaxed))
-                .sum::<u64>(),
-            1
-        );
+        assert_eq!(s.worker_requests(), 3);
+        assert_eq!(s.status_counts(false), vec![(503, 1)]);
         s.set_request_text("POST /upload", 7);
         assert_eq!(s.read_text(), "POST /upload");
         assert_eq!(
@@ -527,6 +612,35 @@ mod tests {
         s.set_gauges(3, 2, 40);
         assert_eq!(s.queue_depth.load(Ordering::Relaxed), 3);
         assert!(board.slot(4).is_none());
+    }
+
+    #[test]
+    fn claim_keeps_the_slot_counts_and_starts_the_worker_counts_at_zero() {
+        #[allow(clippy::unwrap_used)]
+        let board = Scoreboard::new(1).unwrap();
+        #[allow(clippy::unwrap_used)]
+        let s = board.slot(0).unwrap();
+        s.claim(5);
+        s.end_request(100, 200);
+        s.end_request(2000, 500);
+        // The worker exits and the next one claims the slot before anyone read it:
+        // its two requests must still be there for a reader taking differences.
+        s.claim(5);
+        assert_eq!(s.slot_requests(), 2);
+        assert_eq!(s.slot_latency_counts().iter().sum::<u64>(), 2);
+        assert_eq!(s.status_counts(true), vec![(200, 1), (500, 1)]);
+        // What the new worker shows as its own (top, max-requests left) starts at zero.
+        assert_eq!(s.worker_requests(), 0);
+        assert_eq!(s.latency_counts(), [0; BUCKETS]);
+        assert_eq!(s.worker_errors_5xx(), 0);
+        assert_eq!(s.worker_busy_us(), 0);
+        assert!(s.status_counts(false).is_empty());
+        s.end_request(100, 404);
+        assert_eq!(s.worker_requests(), 1);
+        assert_eq!(s.status_counts(false), vec![(404, 1)]);
+        assert_eq!(s.slot_requests(), 3);
+        assert_eq!(s.status_counts(true), vec![(200, 1), (404, 1), (500, 1)]);
+        assert_eq!(s.spawns.load(Ordering::Relaxed), 2);
     }
 
     #[test]

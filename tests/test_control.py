@@ -6,25 +6,22 @@ path, --control-socket, or --pid. The numbers are checked against what the test 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
-import pty
 import re
-import select
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from terminal import read_pty, spawn_in_pty
 from waiting import until
 
 pytestmark = pytest.mark.ferrocorn_only
@@ -324,36 +321,11 @@ def test_hup_moves_the_control_socket(server, tmp_path):
     assert snapshot(second)["master"]["pid"] == srv.pid
 
 
-def _read_pty(primary, proc, deadline, until_text=None):
-    out = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([primary], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            out += chunk
-            if until_text and until_text in out:
-                break
-        elif proc.poll() is not None:
-            break
-    return out
-
-
 def _top(args, runtime_dir, columns=160):
-    primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime_dir))
     env.pop("FERROCORN_STATS_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ferrocorn", "top", *args],
-        stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True, env=env,
-    )
-    os.close(secondary)
-    return primary, proc
+    return spawn_in_pty([sys.executable, "-m", "ferrocorn", "top", *args], env=env,
+                        size=(40, columns))
 
 
 def test_top_in_a_terminal(server):
@@ -368,7 +340,7 @@ def test_top_in_a_terminal(server):
         srv.wait_for_log("sleep-start pid=")
         busy = until(lambda: [w for w in snapshot(path)["workers"] if w["state"] == "busy"])[0]
         primary, proc = _top(["--interval", "0.3", "--iterations", "3"], srv.runtime_dir)
-        out = _read_pty(primary, proc, time.monotonic() + 20)
+        out = read_pty(primary, proc, time.monotonic() + 20)
         os.close(primary)
         assert proc.wait(timeout=20) == 0
     finally:
@@ -398,7 +370,7 @@ def test_top_quits_on_q(server):
     control_path(srv)
     primary, proc = _top(["--interval", "5"], srv.runtime_dir)
     try:
-        out = _read_pty(primary, proc, time.monotonic() + 15, until_text=b"REQS")
+        out = read_pty(primary, proc, time.monotonic() + 15, until_text=b"REQS")
         assert b"REQS" in out
         os.write(primary, b"q")
         assert proc.wait(timeout=5) == 0  # long before the next 5 s frame

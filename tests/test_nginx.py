@@ -24,11 +24,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from loadgen import Load
 
 
 def _find_nginx() -> str | None:
@@ -225,30 +225,12 @@ def test_get_and_post_through_nginx(server, nginx):
 # --------------------------------------------------------------------------- rotation
 
 
-class Load:
+def nginx_load(port, threads=8, total=800) -> Load:
     """``threads`` clients, each with a kept-alive connection to nginx, alternating
     ``GET /pid`` and a ``POST`` of a small body to the echo app, until ``total`` requests
-    were made. Each result is ``(ok, pid_or_error, t)``."""
+    were made. A result's value is the pid that answered."""
 
-    def __init__(self, port, threads=8, total=800):
-        self.port = port
-        self.total = total
-        self.results: list[tuple[bool, object, float]] = []
-        self._lock = threading.Lock()
-        self._issued = 0
-        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
-                         for i in range(threads)]
-        for t in self._threads:
-            t.start()
-
-    def _ticket(self) -> int | None:
-        with self._lock:
-            if self._issued >= self.total:
-                return None
-            self._issued += 1
-            return self._issued
-
-    def _one(self, conn, n):
+    def one(conn, n):
         if n % 2:
             conn.request("GET", f"/pid?n={n}")
             resp = conn.getresponse()
@@ -267,46 +249,7 @@ class Load:
             return False, f"POST #{n}: body mangled: {got}"
         return True, got["pid"]
 
-    def _client(self, i):
-        conn = None
-        while (n := self._ticket()) is not None:
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
-            try:
-                ok, value = self._one(conn, n)
-            except Exception as e:
-                ok, value = False, f"#{n}: {e!r}"
-                conn.close()
-                conn = None
-            with self._lock:
-                self.results.append((ok, value, time.monotonic()))
-        if conn is not None:
-            conn.close()
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.results)
-
-    def wait_count(self, n, timeout=60):
-        deadline = time.monotonic() + timeout
-        while self.count() < n:
-            if not any(t.is_alive() for t in self._threads):
-                raise AssertionError(f"load ended after {self.count()} requests (wanted {n})")
-            assert time.monotonic() < deadline, f"only {self.count()} of {n} in {timeout}s"
-            time.sleep(0.01)
-
-    def join(self, timeout=90):
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.1, deadline - time.monotonic()))
-        assert not any(t.is_alive() for t in self._threads), "load clients did not finish"
-        return self.results
-
-    def failures(self):
-        return [v for ok, v, _ in self.results if not ok]
-
-    def pids(self):
-        return [v for ok, v, _ in self.results if ok]
+    return Load(one, ("127.0.0.1", port), threads=threads, total=total)
 
 
 def _check(load, srv, ngx, total):
@@ -314,7 +257,7 @@ def _check(load, srv, ngx, total):
     assert len(load.results) == total
     assert not failures, (f"{len(failures)} of {total} failed: {failures[:10]}\n"
                           f"---- nginx error.log\n{ngx.log()[-4000:]}")
-    per_pid = collections.Counter(load.pids())
+    per_pid = collections.Counter(load.values())
     # at most 25 requests per worker (20 + jitter <= 5): 800 requests need >= 32 workers
     assert len(per_pid) >= 20, f"workers did not rotate: {per_pid}"
     assert srv.log().count("Autorestarting worker after current request.") >= 15
@@ -327,8 +270,8 @@ def test_max_requests_rotation_behind_nginx(server, nginx):
     srv = server(ROTATION_ARGS)
     srv.wait_workers(3)
     ngx = nginx(srv)
-    load = Load(ngx.port, threads=8, total=800)
-    load.join()
+    load = nginx_load(ngx.port, threads=8, total=800)
+    load.join(timeout=90)
     _check(load, srv, ngx, 800)
 
 
@@ -337,11 +280,11 @@ def test_hup_under_load_behind_nginx(server, nginx):
     srv = server(ROTATION_ARGS)
     srv.wait_workers(3)
     ngx = nginx(srv)
-    load = Load(ngx.port, threads=8, total=800)
+    load = nginx_load(ngx.port, threads=8, total=800)
     for at in (250, 500):
         load.wait_count(at)
         os.kill(srv.pid, signal.SIGHUP)
-    load.join()
+    load.join(timeout=90)
     _check(load, srv, ngx, 800)
     deadline = time.monotonic() + 20
     while srv.log().count("Handling signal: hup") < 2:

@@ -11,98 +11,31 @@ other than 200.
 from __future__ import annotations
 
 import collections
-import http.client
 import os
 import signal
-import threading
 import time
 
 import pytest
+from loadgen import Load
 
 pytestmark = pytest.mark.slow
 
 
-class Load:
+def http_load(srv, path="/pid", threads=6, total=3000, keepalive=False) -> Load:
     """``threads`` clients requesting ``path`` until ``total`` requests were made or
-    ``stop()`` is called. Each result is ``(ok, pid_or_error, t)``."""
+    ``stop()`` is called; a result's value is the pid that answered ``/pid``, the body
+    for other paths."""
+    headers = {"Connection": "keep-alive"} if keepalive else {}
 
-    def __init__(self, srv, path="/pid", threads=6, total=3000, keepalive=False):
-        self.host, self.port = srv.address
-        self.path = path
-        self.keepalive = keepalive
-        self.total = total
-        self.results: list[tuple[bool, object, float]] = []
-        self._lock = threading.Lock()
-        self._issued = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, daemon=True)
-                         for _ in range(threads)]
-        for t in self._threads:
-            t.start()
-
-    def _ticket(self) -> bool:
-        with self._lock:
-            if self._stop.is_set() or self._issued >= self.total:
-                return False
-            self._issued += 1
-            return True
-
-    def _one(self, conn):
-        headers = {"Connection": "keep-alive"} if self.keepalive else {}
-        conn.request("GET", self.path, headers=headers)
+    def get(conn, n):
+        conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
         if resp.status != 200:
             return False, f"status {resp.status}: {body[:200]!r}"
-        return True, int(body) if self.path == "/pid" else body
+        return True, int(body) if path == "/pid" else body
 
-    def _client(self):
-        conn = None
-        while self._ticket():
-            if conn is None or not self.keepalive:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=20)
-            try:
-                ok, value = self._one(conn)
-            except Exception as e:
-                ok, value = False, repr(e)
-                conn.close()
-                conn = None
-            if not self.keepalive and conn is not None:
-                conn.close()
-            with self._lock:
-                self.results.append((ok, value, time.monotonic()))
-        if conn is not None:
-            conn.close()
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.results)
-
-    def wait_count(self, n, timeout=60):
-        deadline = time.monotonic() + timeout
-        while self.count() < n:
-            if not any(t.is_alive() for t in self._threads):
-                raise AssertionError(f"load ended after {self.count()} requests (wanted {n})")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {self.count()} of {n} requests within {timeout}s")
-            time.sleep(0.02)
-
-    def join(self, timeout=120):
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.1, deadline - time.monotonic()))
-        assert not any(t.is_alive() for t in self._threads), "load clients did not finish"
-        return self.results
-
-    def stop(self):
-        self._stop.set()
-        return self.join()
-
-    def failures(self):
-        return [(v, t) for ok, v, t in self.results if not ok]
-
-    def pids(self, since=0.0):
-        return [v for ok, v, t in self.results if ok and t >= since]
+    return Load(get, srv.address, threads=threads, total=total, keepalive=keepalive)
 
 
 # --------------------------------------------------------------------------- HUP
@@ -111,7 +44,7 @@ class Load:
 def test_hup_replaces_all_workers_under_load(server):
     srv = server(["--workers", "3"])
     before = set(srv.wait_workers(3))
-    load = Load(srv, threads=4, total=20000)
+    load = http_load(srv, threads=4, total=20000)
     try:
         load.wait_count(50)
         os.kill(srv.pid, signal.SIGHUP)
@@ -126,14 +59,14 @@ def test_hup_replaces_all_workers_under_load(server):
         replaced_at = time.monotonic()
         # 50 more answers, all given well after the old workers were gone
         deadline = time.monotonic() + 30
-        while len(load.pids(since=replaced_at + 0.3)) < 50:
+        while len(load.values(since=replaced_at + 0.3)) < 50:
             assert time.monotonic() < deadline, "too few answers after the reload"
             load.wait_count(load.count() + 1)
     finally:
         load.stop()
     failures = load.failures()
     assert not failures, f"{len(failures)} of {len(load.results)} failed: {failures[:5]}"
-    after = load.pids(since=replaced_at + 0.3)
+    after = load.values(since=replaced_at + 0.3)
     assert set(after) <= now, f"old workers still answer after the HUP: {set(after) - now}"
     assert srv.alive()
 
@@ -191,12 +124,12 @@ def test_max_requests_jitter_bounds(server):
 def test_max_requests_under_load_loses_nothing(server, keepalive):
     srv = server(["--workers", "3", "--max-requests", "20"])
     first = srv.wait_workers(3)
-    load = Load(srv, threads=6, total=600, keepalive=keepalive)
+    load = http_load(srv, threads=6, total=600, keepalive=keepalive)
     results = load.join(timeout=150)
     failures = load.failures()
     assert len(results) == 600
     assert not failures, f"{len(failures)} of 600 failed: {failures[:5]}"
-    per_pid = collections.Counter(load.pids())
+    per_pid = collections.Counter(load.values())
     assert max(per_pid.values()) <= 20, per_pid.most_common(3)
     # 600 requests (+1 probe), at most 20 per worker: at least 30 workers served
     assert len(per_pid) >= 30, len(per_pid)
@@ -213,7 +146,7 @@ def test_kill9_one_worker_under_load(server):
     serving goes on."""
     srv = server(["--workers", "3"])
     before = srv.wait_workers(3)
-    load = Load(srv, path="/sleep?s=0.05", threads=5, total=4000)
+    load = http_load(srv, path="/sleep?s=0.05", threads=5, total=4000)
     try:
         load.wait_count(40)
         victim = before[0]

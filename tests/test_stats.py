@@ -5,6 +5,7 @@ against /proc."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import urllib.request
 
 import psutil
 import pytest
+from terminal import read_pty, spawn_in_pty
 from waiting import until as wait_until
 
 pytestmark = pytest.mark.ferrocorn_only
@@ -263,28 +265,13 @@ def test_stats_command_without_server(tmp_path):
 
 
 def test_top_renders_in_a_terminal(server):
-    import os
-    import pty
-
     srv, url = start(server, ["-w", "2"])
     snap = booted(url, 2)
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen(
+    primary, proc = spawn_in_pty(
         [sys.executable, "-m", "ferrocorn", "top", "--stats-url", url, "--interval", "0.2",
-         "--iterations", "3"],
-        stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True,
+         "--iterations", "3"]
     )
-    os.close(secondary)
-    out = b""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            chunk = os.read(primary, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        out += chunk
+    out = read_pty(primary, proc, time.monotonic() + 20)
     os.close(primary)
     assert proc.wait(timeout=20) == 0
     text = out.decode(errors="replace")

@@ -141,6 +141,30 @@ def test_request_counts_are_exact(server, statsd_server, klass):
             assert 0 < float(m["value"]) < 1000, line
 
 
+def test_requests_of_rotated_workers_are_counted_once(server, statsd_server):
+    """--max-requests 1: each request ends its worker and the next one takes the same
+    scoreboard slot, mostly before the stats process's next once-a-second read. The
+    access log is the truth: every request in it counted exactly once."""
+    srv = server(["-w", "1", "--max-requests", "1", "--max-requests-jitter", "0",
+                  "--statsd-host", statsd_server.address, "--access-logfile", "-"])
+    for _ in range(8):
+        assert srv.get("/pid").status == 200
+    until(lambda: srv.access_log().count('"GET /pid ') == 8, what="8 access log lines",
+          detail=srv.access_log)
+    served = len(re.findall(r'^.*"[A-Z]+ \S+ HTTP/1\.[01]" \d{3} ', srv.access_log(), re.M))
+    assert served >= 9  # ours and the readiness probe(s)
+    assert srv.log().count("Autorestarting worker after current request.") >= 8
+    until(
+        lambda: statsd_server.total("gunicorn.requests") >= served,
+        timeout=15,
+        what=f"{served} requests reported",
+        detail=lambda: statsd_server.total("gunicorn.requests"),
+    )
+    assert statsd_server.total("gunicorn.requests") == served
+    assert statsd_server.total("gunicorn.request.status.200") >= 8
+    assert round(statsd_server.total("gunicorn.request.duration", "ms"), 3) == served
+
+
 def test_tags_log_counters_and_unix_socket(server, tmp_path):
     statsd = StatsdServer(socket.AF_UNIX, str(tmp_path / "statsd.sock"))
     try:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from pathlib import Path
 
 import psutil
 import pytest
+from loadgen import Load
 from waiting import until
 
 pytestmark = pytest.mark.slow
-
-
 
 
 def read_pid(path: Path) -> int:
@@ -51,46 +49,22 @@ def gone(pid: int) -> bool:
         return True
 
 
-class ClientLoop:
-    """Threads sending GET / back to back; counts failures and who answered."""
+def client_loop(srv, threads=4) -> Load:
+    """Threads sending GET / back to back until stopped, each on a new connection; a
+    result's value is the pid that answered."""
 
-    def __init__(self, srv, threads=4):
-        self.srv = srv
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.ok = 0
-        self.failures: list[str] = []
-        self.pids: dict[int, int] = {}
-        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+    def get(conn, n):
+        r = srv.get("/", timeout=20)
+        if r.status != 200:
+            return False, f"status {r.status}"
+        return True, int(r.text.split()[1])
 
-    def run(self):
-        while not self.stop.is_set():
-            try:
-                r = self.srv.get("/", timeout=20)
-                assert r.status == 200, r.status
-                pid = int(r.text.split()[1])
-            except Exception as e:  # any failure counts
-                with self.lock:
-                    self.failures.append(repr(e))
-                continue
-            with self.lock:
-                self.ok += 1
-                self.pids[pid] = self.pids.get(pid, 0) + 1
+    return Load(get, threads=threads)
 
-    def served_by(self, pids) -> int:
-        with self.lock:
-            return sum(self.pids.get(p, 0) for p in pids)
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-            assert not t.is_alive()
+def served_by(load: Load, pids) -> int:
+    """The requests answered by one of ``pids``."""
+    return sum(1 for p in load.values() if p in pids)
 
 
 def test_usr2_upgrade_under_load_loses_nothing(server, tmp_path, helpers):
@@ -98,26 +72,26 @@ def test_usr2_upgrade_under_load_loses_nothing(server, tmp_path, helpers):
     srv = server(["--workers", "2", "--pid", str(pidfile)], "procapp:app")
     old_workers = srv.wait_workers(2)
     assert read_pid(pidfile) == srv.pid
-    with ClientLoop(srv) as load:
-        until(lambda: load.served_by(old_workers) >= 20, what="old workers serving")
+    with client_loop(srv) as load:
+        until(lambda: served_by(load, old_workers) >= 20, what="old workers serving")
         srv.proc.send_signal(signal.SIGUSR2)
         new_master = until(lambda: read_pid(Path(f"{pidfile}.2")), what="pidfile.2")
         assert new_master != srv.pid
         assert psutil.Process(new_master).ppid() == srv.pid
         new_workers = until(lambda: (lambda k: k if len(k) == 2 else None)(
             live_children(new_master)), what="the new master's 2 workers")
-        until(lambda: load.served_by(new_workers) >= 20, what="new workers serving")
+        until(lambda: served_by(load, new_workers) >= 20, what="new workers serving")
 
         assert srv.stop(signal.SIGTERM) == 0  # retire the old master
         srv.wait_for_log(r"Master has been promoted\.")
         until(lambda: read_pid(pidfile) == new_master, what="pidfile renamed")
         assert not Path(f"{pidfile}.2").exists()
-        served = load.served_by(new_workers)
-        until(lambda: load.served_by(new_workers) >= served + 50,
+        served = served_by(load, new_workers)
+        until(lambda: served_by(load, new_workers) >= served + 50,
               what="the new master serving alone")
-    assert load.failures == [], load.failures[:5]
-    assert load.ok > 0
-    assert not (set(load.pids) - set(old_workers) - set(new_workers))
+    assert load.failures() == [], load.failures()[:5]
+    assert load.values()
+    assert not (set(load.values()) - set(old_workers) - set(new_workers))
 
     if not helpers.is_gunicorn:
         try:

@@ -211,13 +211,15 @@ def _rate(count: int) -> str:
 
 
 class Reporter:
-    """In the stats process: turns the scoreboard's per-worker counters into StatsD
-    deltas once per call to ``flush``.
+    """In the stats process: turns the scoreboard's counters into StatsD deltas once per
+    call to ``flush``.
 
-    A worker is known by (slot, spawns): a slot's counters start at zero with each new
-    worker. ``fresh`` says that nothing was sent before this process: the first flush
-    then sends everything counted so far. A respawned stats process (after a crash or
-    HUP) takes the counters it finds as already sent, so nothing is counted twice.
+    It reads each slot's ``slot_*`` counters, which count over every worker the slot
+    has had (a new worker does not reset them), so the last requests of a worker that
+    exited and was replaced between two flushes are sent too. ``fresh`` says that
+    nothing was sent before this process: the first flush then sends everything
+    counted so far. A respawned stats process (after a crash or HUP) takes the counters
+    it finds as already sent, so nothing is counted twice.
     """
 
     def __init__(self, client: Client, board: Any, cfg: Any, fresh: bool) -> None:
@@ -235,7 +237,8 @@ class Reporter:
             mid = lower if upper == float("inf") else (lower + upper) / 2
             self.midpoints_ms.append(round(mid * 1000, 3))
             lower = upper
-        self.seen: dict[int, tuple[Any, int, dict[int, int], list[int]]] = {}
+        # slot -> (requests, {status: responses}, latency buckets) as last sent
+        self.seen: dict[int, tuple[int, dict[int, int], list[int]]] = {}
         self.workers: int | None = None
 
     def flush(self, backlog: int | None = None) -> list[str]:
@@ -246,35 +249,25 @@ class Reporter:
         workers = 0
         for i in range(self.board.capacity):
             snap = self.board.snapshot(i)
-            spawns = snap.get("spawns")
-            if spawns is None:  # an older extension: only live slots, known by pid
-                if not snap["pid"] or snap["state"] == "free":
-                    self.seen.pop(i, None)
-                    continue
-                ident: Any = snap["pid"]
-            elif spawns == 0:
-                continue
-            else:
-                ident = spawns
             if snap["pid"] and snap["state"] != "free":
                 workers += 1
-            now_req = snap["requests"]
-            now_status = {int(k): v for k, v in (snap.get("statuses") or {}).items()}
-            now_buckets = list(snap["latency_buckets"])
+            now_req = snap["slot_requests"]
+            now_status = {int(k): v for k, v in snap["slot_statuses"].items()}
+            now_buckets = list(snap["slot_latency_buckets"])
             prev = self.seen.get(i)
-            if prev is None or prev[0] != ident:
+            if prev is None:
                 if self.first and not self.fresh:
-                    prev = (ident, now_req, now_status, now_buckets)  # sent by our predecessor
+                    prev = (now_req, now_status, now_buckets)  # sent by our predecessor
                 else:
-                    prev = (ident, 0, {}, [0] * len(now_buckets))
-            requests += max(0, now_req - prev[1])
+                    prev = (0, {}, [0] * len(now_buckets))
+            requests += max(0, now_req - prev[0])
             for code, n in now_status.items():
-                delta = n - prev[2].get(code, 0)
+                delta = n - prev[1].get(code, 0)
                 if delta > 0:
                     statuses[code] = statuses.get(code, 0) + delta
             for j, n in enumerate(now_buckets):
-                buckets[j] += max(0, n - prev[3][j])
-            self.seen[i] = (ident, now_req, now_status, now_buckets)
+                buckets[j] += max(0, n - prev[2][j])
+            self.seen[i] = (now_req, now_status, now_buckets)
         self.first = False
 
         c = self.client

@@ -13,28 +13,42 @@ BOUNDS = [16e-6 * 2**i for i in range(23)] + [float("inf")]
 
 
 class FakeBoard:
+    """The scoreboard as the Reporter sees it: per slot, the current worker's counters
+    (reset by a new worker) and the ``slot_*`` ones (kept across workers)."""
+
     def __init__(self, capacity=4):
         self.capacity = capacity
         self.slots = {i: self.empty() for i in range(capacity)}
 
     @staticmethod
-    def empty():
-        return {"pid": 0, "state": "free", "requests": 0, "statuses": {}, "spawns": 0,
-                "latency_buckets": [0] * len(BOUNDS)}
+    def worker_counters():
+        return {"requests": 0, "statuses": {}, "latency_buckets": [0] * len(BOUNDS)}
+
+    @classmethod
+    def empty(cls):
+        return {"pid": 0, "state": "free", "spawns": 0, **cls.worker_counters(),
+                "slot_requests": 0, "slot_statuses": {},
+                "slot_latency_buckets": [0] * len(BOUNDS)}
 
     def spawn(self, i, pid):
-        spawns = self.slots[i]["spawns"] + 1
-        self.slots[i] = self.empty() | {"pid": pid, "state": "idle", "spawns": spawns}
+        s = self.slots[i]
+        s.update(self.worker_counters(), pid=pid, state="idle", spawns=s["spawns"] + 1)
+
+    def exit(self, i):
+        self.slots[i].update(pid=0, state="free")
 
     def serve(self, i, status, bucket=3, n=1):
         s = self.slots[i]
-        s["requests"] += n
-        s["statuses"][status] = s["statuses"].get(status, 0) + n
-        s["latency_buckets"][bucket] += n
+        for prefix in ("", "slot_"):
+            s[prefix + "requests"] += n
+            codes = s[prefix + "statuses"]
+            codes[status] = codes.get(status, 0) + n
+            s[prefix + "latency_buckets"][bucket] += n
 
     def snapshot(self, i):
         s = self.slots[i]
-        return s | {"statuses": dict(s["statuses"]), "latency_buckets": list(s["latency_buckets"])}
+        copied = {k: type(v)(v) for k, v in s.items() if isinstance(v, (dict, list))}
+        return s | copied
 
     @staticmethod
     def bucket_bounds():
@@ -116,9 +130,8 @@ def test_reporter_sends_exact_deltas():
     assert reporter.flush() == []  # nothing new: nothing sent
 
     board.serve(0, 500)
-    board.slots[1]["state"] = "free"  # worker 101 served one more, then exited
-    board.slots[1]["pid"] = 0
-    board.serve(1, 200)
+    board.serve(1, 200)  # worker 101 served one more, then exited
+    board.exit(1)
     second = totals(reporter.flush())
     assert second == {
         "gunicorn.requests": 2,
@@ -130,6 +143,26 @@ def test_reporter_sends_exact_deltas():
     board.spawn(1, 102)  # its replacement starts from zero in the same slot
     board.serve(1, 201, n=2)
     assert totals(reporter.flush())["gunicorn.request.status.201"] == 2
+
+
+def test_a_worker_replaced_between_flushes_is_counted():
+    """The last requests of a worker that exits, and whose slot a new worker takes,
+    between two flushes: counted once, with the new worker's."""
+    board = FakeBoard()
+    board.spawn(0, 100)
+    board.serve(0, 200, n=2)
+    reporter = statsd.Reporter(Recorder(), board, CFG, fresh=True)
+    assert totals(reporter.flush())["gunicorn.requests"] == 2
+    board.serve(0, 200, n=3)
+    board.exit(0)
+    board.spawn(0, 101)
+    board.serve(0, 404)
+    second = totals(reporter.flush())
+    assert second["gunicorn.requests"] == 4
+    assert second["gunicorn.request.status.200"] == 3
+    assert second["gunicorn.request.status.404"] == 1
+    assert second["gunicorn.request.duration"] == pytest.approx(4)
+    assert "gunicorn.requests" not in totals(reporter.flush())
 
 
 def test_a_respawned_reporter_does_not_count_twice():
