@@ -1095,6 +1095,17 @@ CPUs, so req/s and latency depend on how the scheduler shares the cores between 
 as relative, within one table, and rerun with `--rounds 3` before drawing conclusions from
 small differences.
 
+Every server runs in a process group of its own (so that SIGTERM reaches all its
+processes) but in the harness's session, like the load generator. This matters on Linux
+with autogroup scheduling (`/proc/sys/kernel/sched_autogroup_enabled` = 1, as here): a
+new session is a new scheduling group, and CFS shares the CPUs evenly between groups, so
+a server started with `setsid` was held to one of the two cores while the load generator
+held the other, whatever the server could have used. Until 2026-11-26 the harness did
+that; the sections measured before then undercount every multi-threaded server
+(ferrocorn's I/O thread plus Python, Granian), and their ratios against single-threaded
+peers were lower than the servers' real difference: ferrocorn asgi WebSocket echo at 2
+workers measured 46-76k msg/s in its own session and 89-100k in the shared one.
+
 ## Adding a scenario
 
 Scenarios are data: add an entry to `SCENARIOS` in `benches/run.py` with its servers
