@@ -166,6 +166,12 @@ SCENARIOS: dict[str, Scenario] = {
             connections=(64, 512),
             workers=(2, 5),
             threads=8,
+            targets=(
+                Target("hello", ("granian",), 1.2, "hello world ≥ 1.2x Granian's requests/s"),
+                Target(
+                    "hello", ("gunicorn",), 6.0, "hello world ≥ 6x gunicorn gthread's requests/s"
+                ),
+            ),
         ),
         Scenario(
             name="asgi",
