@@ -59,6 +59,51 @@ def test_sigterm_idle_exits_quickly(server):
     assert time.monotonic() - t0 < 10
 
 
+def _response_on(sock, helpers, timeout=30.0):
+    """One complete response read from an open connection."""
+    sock.settimeout(timeout)
+    buf = b""
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a full response: {buf[:300]!r}"
+        buf += chunk
+        try:
+            responses = helpers.parse_responses(buf, "GET")
+        except ValueError:
+            continue  # the head is not all in yet
+        if responses and responses[0].complete:
+            return responses[0]
+
+
+@pytest.mark.parametrize("klass,app", [
+    (["-k", "gthread", "--threads", "4"], "wsgiapps:app"),
+    (["-k", "asgi"], "asgiapps:app"),
+])
+def test_request_on_idle_connection_after_sigterm_is_answered(server, helpers, klass, app):
+    """A kept-alive connection idle when the worker stops lingers (gunicorn 27's
+    behaviour) rather than being closed at once: a request already on its way gets an
+    answer, with Connection: close, instead of a closed socket."""
+    srv = server([*klass, "--workers", "1", "--keep-alive", "20", "--graceful-timeout", "30"],
+                 app)
+    sleep_path = "/sleep?s=1.5" if app.startswith("wsgi") else "/sleep?1.5"
+    with helpers.connect(srv.address) as idle, helpers.connect(srv.address) as busy:
+        idle.sendall(helpers.build_request("GET", "/"))
+        first = _response_on(idle, helpers)
+        assert first.status == 200 and first.header("connection") != "close"
+        busy.sendall(helpers.build_request("GET", sleep_path))
+        srv.proc.send_signal(signal.SIGTERM)
+        # The slow request's answer says the worker was stopping by then (keep-alive
+        # refused): from here on, the old behaviour had closed the idle connection.
+        slow = _response_on(busy, helpers)
+        assert slow.status == 200
+        assert slow.header("connection") == "close"
+        idle.sendall(helpers.build_request("GET", "/"))
+        late = _response_on(idle, helpers)
+        assert late.status == 200
+        assert late.header("connection") == "close"
+    assert srv.wait_exit(30) == 0
+
+
 def test_sigterm_stops_listening(server, helpers):
     srv = server([], "wsgiapps:app")
     address = srv.address

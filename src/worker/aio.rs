@@ -1,7 +1,8 @@
 //! The async I/O pieces the gthread and asgi workers share: listeners registered
 //! with a tokio runtime, accepted streams (TCP or Unix) and their hand-off to blocking
-//! Python threads and back, graceful close, the read-buffer compaction, and the signal
-//! mask that keeps the I/O thread out of Python's signal handling.
+//! Python threads and back, reading a request head under its deadlines, graceful
+//! close, the read-buffer compaction, and the signal mask that keeps the I/O thread
+//! out of Python's signal handling.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -9,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
+use crate::http::{HeadParser, Limits};
 use crate::net::{Listener, Peer, Stream};
+use crate::worker::HeadRead;
 
 /// How long a closing connection is drained before the socket is closed.
 pub(crate) const CLOSE_LINGER: Duration = Duration::from_millis(500);
@@ -51,6 +55,90 @@ pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// The deadlines a connection waits for its next request head under.
+#[derive(Debug)]
+pub(crate) struct HeadWait<'a> {
+    pub limits: &'a Limits,
+    /// `--timeout`: a fresh connection's wait for its first byte, and the whole time a
+    /// started head may take to arrive.
+    pub timeout: Option<Duration>,
+    /// On a kept-alive connection, the end of its idle time (the previous response's
+    /// end plus `--keep-alive`); `None` on a fresh connection.
+    pub idle_until: Option<Instant>,
+    /// How long an idle connection stays once the worker is stopping: a request
+    /// already on its way still gets an answer (with `Connection: close`), as gunicorn
+    /// 27 lingers on kept-alive connections, instead of meeting a closed socket.
+    pub linger: Duration,
+}
+
+/// Reads one request head. A fresh connection gets `--timeout` for its first byte; a
+/// kept-alive one waits until `idle_until`. Once a head has started, the whole of it
+/// must arrive within `--timeout` (a total, not per read, so a client trickling one
+/// byte at a time cannot hold the connection forever). `on_bytes` runs whenever bytes
+/// of the head are buffered (the gthread worker's idle gauge ends there).
+pub(crate) async fn read_head(
+    io: &mut IoStream,
+    buf: &mut Vec<u8>,
+    pos: &mut usize,
+    wait: &HeadWait<'_>,
+    stop: &watch::Sender<bool>,
+    mut on_bytes: impl FnMut(),
+) -> HeadRead {
+    let mut parser = HeadParser::new(wait.limits);
+    let mut idle_deadline = match wait.idle_until {
+        Some(t) => Some(t),
+        None => wait.timeout.map(|t| Instant::now() + t),
+    };
+    let mut head_deadline: Option<Option<Instant>> = None;
+    let mut stop = stop.subscribe();
+    let mut lingering = false;
+    loop {
+        if !lingering && *stop.borrow() {
+            lingering = true;
+            idle_deadline = earliest(idle_deadline, Instant::now() + wait.linger);
+        }
+        let has_bytes = *pos < buf.len();
+        if has_bytes {
+            on_bytes();
+            match parser.parse(&buf[*pos..]) {
+                Ok(Some((head, used))) => {
+                    *pos += used;
+                    return HeadRead::Head(head);
+                }
+                Ok(None) => {}
+                Err(e) => return HeadRead::Invalid(e),
+            }
+            if head_deadline.is_none() {
+                head_deadline = Some(wait.timeout.map(|t| Instant::now() + t));
+            }
+        }
+        let deadline = if has_bytes {
+            head_deadline.flatten()
+        } else {
+            idle_deadline
+        };
+        compact(buf, pos);
+        let r = tokio::select! {
+            biased;
+            r = io.read_more(buf) => Some(r),
+            _ = sleep_until_opt(deadline) => None,
+            _ = stop.changed(), if !lingering => continue,
+        };
+        match r {
+            Some(Ok(0)) => return HeadRead::Closed,
+            Some(Ok(_)) => {}
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Some(Err(_)) => return HeadRead::Closed,
+            None if has_bytes => return HeadRead::TimedOut,
+            None => return HeadRead::Closed,
+        }
     }
 }
 
@@ -262,5 +350,14 @@ mod tests {
         assert_eq!(accept_delay(40, Some(0), 8), Duration::from_micros(2500));
         assert_eq!(accept_delay(10_000, Some(3), 8), Duration::from_millis(5));
         assert_eq!(accept_delay(3, Some(0), 0), Duration::from_micros(1500));
+    }
+
+    #[test]
+    fn earliest_deadline() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        assert_eq!(earliest(None, now), Some(now));
+        assert_eq!(earliest(Some(later), now), Some(now));
+        assert_eq!(earliest(Some(now), later), Some(now));
     }
 }

@@ -17,7 +17,6 @@
 //!   enough (the `Drained` event).
 
 use std::collections::BTreeMap;
-use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,19 +32,19 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::http::parse::is_tchar;
 use crate::http::response::error_response;
 use crate::http::{
-    percent_decode, reason_phrase, write_http_date, Decoder, HeadParser, HttpError, Limits,
-    RequestHead, Version,
+    percent_decode, reason_phrase, write_http_date, Decoder, HttpError, Limits, RequestHead,
+    Version,
 };
 use crate::log::{AccessLog, Record};
 use crate::net::{Listener, Peer};
 use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
 use crate::worker::aio::{
-    accept_delay, block_async_signals, close_gracefully, compact, sleep_until_opt, IoListener,
-    IoStream,
+    accept_delay, block_async_signals, close_gracefully, compact, read_head, sleep_until_opt,
+    HeadWait, IoListener, IoStream,
 };
 use crate::worker::sync::{get, get_or, inherited_listeners, is_transient_accept_error, Options};
 use crate::worker::ws::{DeflateParams, Incoming, WsConn};
-use crate::worker::{Phase, PhaseCell};
+use crate::worker::{HeadRead, Phase, PhaseCell};
 use crate::wsgi::environ::{method_str, Trust};
 
 /// Request-body bytes read ahead of the app (first piece) or per `receive()` after it.
@@ -87,6 +86,13 @@ impl Cfg {
             Some(t) => (t / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)),
             None => Duration::from_secs(1),
         }
+    }
+
+    /// How long an idle connection may stay once the worker is stopping, as the
+    /// gthread worker (gunicorn 27 lingers on kept-alive connections): a request
+    /// already on its way is answered, with `Connection: close`, rather than cut off.
+    fn stop_linger(&self) -> Duration {
+        self.keepalive.unwrap_or(Duration::from_secs(2))
     }
 }
 
@@ -1454,72 +1460,6 @@ async fn accept_loop(shared: Arc<Shared>, l: Arc<IoListener>, index: usize, conn
     }
 }
 
-#[derive(Debug)]
-enum HeadRead {
-    Head(RequestHead),
-    Closed,
-    Invalid(HttpError),
-    TimedOut,
-}
-
-async fn read_head(
-    shared: &Shared,
-    io: &mut IoStream,
-    buf: &mut Vec<u8>,
-    pos: &mut usize,
-    first: bool,
-) -> HeadRead {
-    let cfg = &shared.cfg;
-    let mut parser = HeadParser::new(&cfg.limits);
-    let now = Instant::now();
-    let idle_deadline = if first {
-        cfg.timeout.map(|t| now + t)
-    } else {
-        Some(now + cfg.keepalive.unwrap_or(Duration::ZERO))
-    };
-    let mut head_deadline: Option<Option<Instant>> = None;
-    let mut stop = shared.stop_tx.subscribe();
-    loop {
-        let has_bytes = *pos < buf.len();
-        if has_bytes {
-            match parser.parse(&buf[*pos..]) {
-                Ok(Some((head, used))) => {
-                    *pos += used;
-                    return HeadRead::Head(head);
-                }
-                Ok(None) => {}
-                Err(e) => return HeadRead::Invalid(e),
-            }
-            if head_deadline.is_none() {
-                head_deadline = Some(cfg.timeout.map(|t| Instant::now() + t));
-            }
-        } else if *stop.borrow() && !first {
-            // Stopping: an idle kept-alive connection is closed.
-            return HeadRead::Closed;
-        }
-        let deadline = if has_bytes {
-            head_deadline.flatten()
-        } else {
-            idle_deadline
-        };
-        compact(buf, pos);
-        let r = tokio::select! {
-            biased;
-            r = io.read_more(buf) => Some(r),
-            _ = sleep_until_opt(deadline) => None,
-            _ = stop.changed(), if !*stop.borrow() => continue,
-        };
-        match r {
-            Some(Ok(0)) => return HeadRead::Closed,
-            Some(Ok(_)) => {}
-            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Some(Err(_)) => return HeadRead::Closed,
-            None if has_bytes => return HeadRead::TimedOut,
-            None => return HeadRead::Closed,
-        }
-    }
-}
-
 /// Decodes body bytes already buffered into `out` (at most `max` bytes of data).
 fn decode_buffered(
     dec: &mut Decoder,
@@ -1598,7 +1538,15 @@ async fn serve_conn(shared: &Arc<Shared>, mut io: IoStream, peer: Peer, listener
     let mut pos = 0usize;
     let mut first = true;
     loop {
-        let head = match read_head(shared, &mut io, &mut buf, &mut pos, first).await {
+        let cfg = &shared.cfg;
+        let wait = HeadWait {
+            limits: &cfg.limits,
+            timeout: cfg.timeout,
+            idle_until: (!first).then(|| Instant::now() + cfg.keepalive.unwrap_or(Duration::ZERO)),
+            linger: cfg.stop_linger(),
+        };
+        let read = read_head(&mut io, &mut buf, &mut pos, &wait, &shared.stop_tx, || {}).await;
+        let head = match read {
             HeadRead::Head(h) => h,
             HeadRead::Closed => return,
             HeadRead::Invalid(err) => {

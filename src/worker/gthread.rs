@@ -34,18 +34,18 @@ use pyo3::types::{PyDict, PyList};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::http::response::error_response;
-use crate::http::{Decoder, HeadParser, HttpError, Limits, RequestHead};
+use crate::http::{Decoder, Limits, RequestHead};
 use crate::net::{Listener, Peer};
 use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
 use crate::worker::aio::{
-    accept_delay, block_async_signals, close_gracefully, compact, sleep_until_opt, IoListener,
-    IoStream,
+    accept_delay, block_async_signals, close_gracefully, compact, read_head, sleep_until_opt,
+    HeadWait, IoListener, IoStream,
 };
 use crate::worker::sync::{
     drain_pipe, get, get_or, hooks_from, inherited_listeners, is_transient_accept_error,
     micros_since, Options,
 };
-use crate::worker::{Phase, PhaseCell};
+use crate::worker::{HeadRead, Phase, PhaseCell};
 use crate::wsgi::environ::{EnvironBuilder, ListenerInfo};
 use crate::wsgi::io::{Conn, WRITE_BEHIND};
 use crate::wsgi::{Handler, Outcome};
@@ -931,33 +931,50 @@ async fn serve_conn(
     let handback = Arc::new(Handback::default());
     let mut idle_since = Instant::now();
     loop {
-        let head =
-            match read_head(&ctx.shared, &mut io, &mut buf, &mut pos, first, idle_since).await {
-                HeadRead::Head(h) => h,
-                HeadRead::Closed => return,
-                HeadRead::Invalid(err) => {
-                    let ip = peer.ip().map(|i| i.to_string()).unwrap_or_default();
-                    if err.wants_response() {
-                        ctx.shared
-                            .log("warning", format!("Invalid request from ip={ip}: {err}"));
-                        write_quietly(&mut io, &err.to_response(), ctx.shared.cfg.timeout).await;
-                    } else {
-                        ctx.shared.log(
-                            "debug",
-                            format!("Ignored premature client disconnection: {err}"),
-                        );
-                    }
-                    close_gracefully(io).await;
-                    return;
+        let cfg = &ctx.shared.cfg;
+        let wait = HeadWait {
+            limits: &cfg.limits,
+            timeout: cfg.timeout,
+            // A kept-alive connection's idle time counts from the end of the response.
+            idle_until: (!first).then(|| idle_since + cfg.keepalive.unwrap_or(Duration::ZERO)),
+            linger: cfg.stop_linger(),
+        };
+        let read = {
+            let mut idle = (!first).then(|| Gauge::new(&ctx.shared, &ctx.shared.idle));
+            let stop = &ctx.shared.stop_tx;
+            read_head(&mut io, &mut buf, &mut pos, &wait, stop, || {
+                if let Some(g) = idle.as_mut() {
+                    g.release();
                 }
-                HeadRead::TimedOut => {
-                    // Beyond gunicorn, whose gthread pins a thread on a partial head.
-                    let bytes = error_response(408, "Request Timeout", "");
-                    write_quietly(&mut io, &bytes, ctx.shared.cfg.timeout).await;
-                    close_gracefully(io).await;
-                    return;
+            })
+            .await
+        };
+        let head = match read {
+            HeadRead::Head(h) => h,
+            HeadRead::Closed => return,
+            HeadRead::Invalid(err) => {
+                let ip = peer.ip().map(|i| i.to_string()).unwrap_or_default();
+                if err.wants_response() {
+                    ctx.shared
+                        .log("warning", format!("Invalid request from ip={ip}: {err}"));
+                    write_quietly(&mut io, &err.to_response(), ctx.shared.cfg.timeout).await;
+                } else {
+                    ctx.shared.log(
+                        "debug",
+                        format!("Ignored premature client disconnection: {err}"),
+                    );
                 }
-            };
+                close_gracefully(io).await;
+                return;
+            }
+            HeadRead::TimedOut => {
+                // Beyond gunicorn, whose gthread pins a thread on a partial head.
+                let bytes = error_response(408, "Request Timeout", "");
+                write_quietly(&mut io, &bytes, ctx.shared.cfg.timeout).await;
+                close_gracefully(io).await;
+                return;
+            }
+        };
         first = false;
         let body_buffered =
             match preread_body(&ctx.shared.cfg, &mut io, &mut buf, &mut pos, &head).await {
@@ -1143,92 +1160,6 @@ impl Drop for OnLoan {
     fn drop(&mut self) {
         if let Some(io) = self.0.take() {
             std::mem::forget(io);
-        }
-    }
-}
-
-/// How reading a request head ended.
-#[derive(Debug)]
-enum HeadRead {
-    Head(RequestHead),
-    /// EOF, a reset, or no byte of a new request before the deadline: close quietly.
-    Closed,
-    /// A malformed head: answer with its status.
-    Invalid(HttpError),
-    /// Part of a head arrived, then not the rest within `--timeout`: 408.
-    TimedOut,
-}
-
-fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
-    Some(a.map_or(b, |a| a.min(b)))
-}
-
-/// Reads one request head. A fresh connection gets `--timeout` for its first byte; a
-/// kept-alive one `--keep-alive` (counted as idle meanwhile). Once a head has started,
-/// the whole of it must arrive within `--timeout` (a total, not per read, so a client
-/// trickling one byte at a time cannot hold the connection forever).
-async fn read_head(
-    shared: &Shared,
-    io: &mut IoStream,
-    buf: &mut Vec<u8>,
-    pos: &mut usize,
-    first: bool,
-    idle_since: Instant,
-) -> HeadRead {
-    let cfg = &shared.cfg;
-    let mut parser = HeadParser::new(&cfg.limits);
-    let now = Instant::now();
-    // A kept-alive connection's idle time counts from the end of the response.
-    let mut idle_deadline = if first {
-        cfg.timeout.map(|t| now + t)
-    } else {
-        Some(idle_since + cfg.keepalive.unwrap_or(Duration::ZERO))
-    };
-    let mut head_deadline: Option<Option<Instant>> = None;
-    let mut idle = (!first).then(|| Gauge::new(shared, &shared.idle));
-    let mut stop = shared.stop_tx.subscribe();
-    let mut lingering = false;
-    loop {
-        if !lingering && *stop.borrow() {
-            lingering = true;
-            idle_deadline = earliest(idle_deadline, Instant::now() + cfg.stop_linger());
-        }
-        let has_bytes = *pos < buf.len();
-        if has_bytes {
-            if let Some(g) = idle.as_mut() {
-                g.release();
-            }
-            match parser.parse(&buf[*pos..]) {
-                Ok(Some((head, used))) => {
-                    *pos += used;
-                    return HeadRead::Head(head);
-                }
-                Ok(None) => {}
-                Err(e) => return HeadRead::Invalid(e),
-            }
-            if head_deadline.is_none() {
-                head_deadline = Some(cfg.timeout.map(|t| Instant::now() + t));
-            }
-        }
-        let deadline = if has_bytes {
-            head_deadline.flatten()
-        } else {
-            idle_deadline
-        };
-        compact(buf, pos);
-        let r = tokio::select! {
-            biased;
-            r = io.read_more(buf) => Some(r),
-            _ = sleep_until_opt(deadline) => None,
-            _ = stop.changed(), if !lingering => continue,
-        };
-        match r {
-            Some(Ok(0)) => return HeadRead::Closed,
-            Some(Ok(_)) => {}
-            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Some(Err(_)) => return HeadRead::Closed,
-            None if has_bytes => return HeadRead::TimedOut,
-            None => return HeadRead::Closed,
         }
     }
 }
@@ -1422,14 +1353,5 @@ mod tests {
         compact(&mut buf, &mut pos2);
         assert!(buf.is_empty());
         assert_eq!(pos2, 0);
-    }
-
-    #[test]
-    fn earliest_deadline() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(5);
-        assert_eq!(earliest(None, now), Some(now));
-        assert_eq!(earliest(Some(later), now), Some(now));
-        assert_eq!(earliest(Some(now), later), Some(now));
     }
 }

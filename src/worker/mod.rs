@@ -14,6 +14,21 @@ pub mod ws;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::http::{HttpError, RequestHead};
+
+/// How reading a request head ended, in every worker class.
+#[derive(Debug)]
+pub(crate) enum HeadRead {
+    Head(RequestHead),
+    /// EOF, a reset, or no byte of a new request before the deadline: close quietly,
+    /// as gunicorn's NoMoreData.
+    Closed,
+    /// A malformed head: answer with its status.
+    Invalid(HttpError),
+    /// Part of a head arrived, then not the rest within `--timeout`: 408.
+    TimedOut,
+}
+
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

@@ -19,12 +19,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::http::response::error_response;
-use crate::http::{parse_head, HttpError, Limits};
+use crate::http::{parse_head, Limits};
 use crate::log::AccessLog;
 use crate::net::{Listener, Peer, Stream};
 use crate::scoreboard::{Scoreboard, Slot, SlotState};
 use crate::worker::watchdog::{self, InFlight};
-use crate::worker::{Phase, PhaseCell};
+use crate::worker::{HeadRead, Phase, PhaseCell};
 use crate::wsgi::environ::{EnvironBuilder, EnvironConfig, ListenerInfo, Trust};
 use crate::wsgi::io::Conn;
 use crate::wsgi::{Handler, Hooks, Outcome};
@@ -462,18 +462,6 @@ impl SyncWorker {
 /// Microseconds elapsed since `t` (for the scoreboard's latency histogram).
 pub fn micros_since(t: Instant) -> u64 {
     u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-/// How reading a request head ended.
-enum HeadRead {
-    Head(crate::http::RequestHead),
-    /// The client closed (or sent nothing before the timeout): no response, as
-    /// gunicorn's NoMoreData.
-    Closed,
-    /// A malformed head: answer with its status.
-    Invalid(HttpError),
-    /// Part of a head arrived, then nothing for the whole timeout: 408.
-    TimedOut,
 }
 
 fn read_head(py: Python<'_>, conn: &Arc<Mutex<Conn>>, limits: &Limits) -> PyResult<HeadRead> {
