@@ -139,6 +139,22 @@ def test_large_streamed_response_with_slow_reader(asgi_server):
     assert got == size
 
 
+def test_large_length_framed_body_is_exact_with_slow_reader(asgi_server):
+    # Large pieces go out from the app's bytes objects (one writev with the head);
+    # a slow reader makes those writes partial.
+    size = 3 * 1024 * 1024 + 17
+    want = bytes((i * 7 + i // 251) % 256 for i in range(size))
+    with httpx.stream("GET", asgi_server.url + f"/big-length?{size}", timeout=30) as r:
+        assert r.headers["content-length"] == str(size)
+        got = bytearray()
+        for piece in r.iter_bytes():
+            got += piece
+            if len(got) < 512 * 1024:
+                time.sleep(0.001)
+    assert len(got) == size
+    assert got == want
+
+
 def test_keep_alive_and_pipelining(asgi_server, helpers):
     with helpers.connect(asgi_server.address) as s:
         s.sendall(helpers.build_request("GET", "/one"))

@@ -291,6 +291,26 @@ impl IoStream {
         }
     }
 
+    /// Writes `head` then `body` with as few `writev` calls as the socket takes: one
+    /// segment for a response's head and its body, not two.
+    pub(crate) async fn write_all_pair(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
+        let (mut head, mut body) = (head, body);
+        while !head.is_empty() {
+            let bufs = [io::IoSlice::new(head), io::IoSlice::new(body)];
+            let n = match self {
+                IoStream::Tcp(s) => s.write_vectored(&bufs).await?,
+                IoStream::Unix(s) => s.write_vectored(&bufs).await?,
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(head.len());
+            head = &head[from_head..];
+            body = &body[n - from_head..];
+        }
+        self.write_all(body).await
+    }
+
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
         match self {
             IoStream::Tcp(s) => s.shutdown().await,

@@ -120,6 +120,19 @@ async def app(scope, receive, send):
             n = min(len(piece), size - sent)
             sent += n
             await send({"type": "http.response.body", "body": piece[:n], "more_body": sent < size})
+    elif path == "/big-length":
+        # Content-Length framing, pieces of different sizes (large ones are written from
+        # the bytes objects themselves), every byte depending on its offset.
+        size = int(scope["query_string"] or b"1048576")
+        data = bytes((i * 7 + i // 251) % 256 for i in range(size))
+        headers = [(b"content-length", str(size).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        pos, step = 0, 1000
+        while pos < size:
+            piece = data[pos : pos + step]
+            pos += len(piece)
+            await send({"type": "http.response.body", "body": piece, "more_body": pos < size})
+            step = 300_000 if step == 1000 else 1000 if step == 70_000 else 70_000
     elif path == "/error-before":
         raise ValueError("boom before start")
     elif path == "/error-after":
