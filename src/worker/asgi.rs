@@ -1965,22 +1965,35 @@ async fn run_ws<S>(
     let mut stop = shared.stop_tx.subscribe();
     // Keepalive pings, as uvicorn (the websockets library) sends them: one every
     // interval; a ping unanswered for the timeout closes the connection with 1011.
+    // The two timers are made once and reset, not rebuilt by every pass of the select
+    // below (one pass per message each way): a fresh `sleep_until` registers with the
+    // timer wheel on its first poll and deregisters when dropped.
     let interval = shared.cfg.ws_ping_interval;
-    let mut next_ping = interval.map(|i| Instant::now() + i);
-    let mut pong_due: Option<Instant> = None;
+    let never = || tokio::time::Instant::now() + Duration::from_secs(365 * 86400);
+    let ping_timer =
+        tokio::time::sleep_until(interval.map_or_else(never, |i| (Instant::now() + i).into()));
+    tokio::pin!(ping_timer);
+    let pong_timer = tokio::time::sleep_until(never());
+    tokio::pin!(pong_timer);
+    let mut pong_due = false;
     loop {
         tokio::select! {
-            _ = sleep_until_opt(next_ping) => {
-                next_ping = interval.map(|i| Instant::now() + i);
+            () = &mut ping_timer, if interval.is_some() => {
+                if let Some(i) = interval {
+                    ping_timer.as_mut().reset((Instant::now() + i).into());
+                }
                 if ws.send_ping(b"").await.is_err() {
                     closed(1006, String::new());
                     return;
                 }
-                if pong_due.is_none() {
-                    pong_due = shared.cfg.ws_ping_timeout.map(|t| Instant::now() + t);
+                if !pong_due {
+                    if let Some(t) = shared.cfg.ws_ping_timeout {
+                        pong_due = true;
+                        pong_timer.as_mut().reset((Instant::now() + t).into());
+                    }
                 }
             }
-            _ = sleep_until_opt(pong_due) => {
+            () = &mut pong_timer, if pong_due => {
                 let reason = "keepalive ping timeout";
                 let _ = tokio::time::timeout(WS_CLOSE_WAIT, ws.send_close(Some((1011, reason))))
                     .await;
@@ -2004,7 +2017,7 @@ async fn run_ws<S>(
                         return;
                     }
                 }
-                Ok(Incoming::Pong) => pong_due = None,
+                Ok(Incoming::Pong) => pong_due = false,
                 Ok(Incoming::Close(frame)) => {
                     // Echo the client's code in our close reply (RFC 6455 §5.5.1).
                     let reply = frame.as_ref().map(|(c, _)| (*c, ""));
