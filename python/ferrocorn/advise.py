@@ -644,6 +644,13 @@ class Window:
             / (t.t_last - t.t_first)
             for t in tracks
         ]
+        # The GIL contention a request met is that of the process that served it: weigh
+        # each worker by its requests. A plain mean counted an idle worker (the
+        # connections all kept alive on the other one) as half the evidence, halving
+        # the estimated GIL wait, so a CPU-bound gthread app came out "mixed".
+        weights = [max(0.0, used(t, "requests")) for t in tracks]
+        if not any(weights):
+            weights = [1.0] * len(tracks)
 
         def median_of(key: str) -> int | None:
             vals = [t.last.get(key) for t in tracks if t.last.get(key)]
@@ -686,8 +693,8 @@ class Window:
             worker_uss=median_of("uss_bytes"),
             worker_pss=median_of("pss_bytes"),
             worker_rss=median_of("rss_bytes"),
-            gil_share=statistics.fmean(shares) if shares else 0.0,
-            process_concurrency=statistics.fmean(conc) if conc else 0.0,
+            gil_share=statistics.fmean(shares, weights) if shares else 0.0,
+            process_concurrency=statistics.fmean(conc, weights) if conc else 0.0,
             growth_per_request=growth,
             growth_note=note,
             latency=latency,

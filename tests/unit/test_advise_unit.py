@@ -250,6 +250,24 @@ def test_window_takes_deltas_per_worker_and_follows_new_ones():
     assert 8.192e-3 < m.latency["p50"] < 16.384e-3
 
 
+def test_gil_contention_is_weighed_by_the_requests_each_worker_served():
+    # Two gthread workers; every kept-alive connection went to worker 1 and worker 2
+    # sat idle. The contention requests met is worker 1's, not the mean with an idle one.
+    def worker(pid, requests, busy, cpu):
+        return {"pid": pid, "state": "idle", "requests": requests, "busy_seconds": busy,
+                "cpu_seconds": cpu, "cpu_wait_seconds": 0.0,
+                "latency_buckets": [0] * 24}  # fmt: skip
+
+    config = {"worker_class": "gthread", "threads": 4, "timeout": 30, "max_requests": 0}
+    w = Window(local=False)
+    w.add({"config": config, "workers": [worker(1, 0, 0, 0), worker(2, 0, 0, 0)]}, now=0.0)
+    w.add({"config": config, "workers": [worker(1, 1000, 30.0, 9.0), worker(2, 0, 0, 0)]},
+          now=10.0)  # fmt: skip
+    m = w.measurement("test", (2.0, "test"), (GIB, "test"))
+    assert m.process_concurrency == pytest.approx(3.0)
+    assert m.gil_share == pytest.approx(0.9)
+
+
 def test_asgi_servers_are_refused():
     with pytest.raises(AdviseError, match="-k asgi"):
         recommend(measure(cpu_ms=1, io_ms=1, worker_class="asgi"))
