@@ -337,10 +337,10 @@ impl IoStream {
 /// from the scoreboard) waits a moment before accepting: half a millisecond per
 /// `step` connections of difference, at most 5 ms. `step` is what one more
 /// connection's worth of imbalance means: a gthread worker's threads, a fixed few
-/// for an asgi worker. The less loaded worker, woken
-/// too, takes the connection first; if it does not, the loaded one still does. Alone,
-/// or about as loaded as the others, a worker accepts at once, so accepting is never
-/// throttled when there is nobody to hand the connection to.
+/// for an asgi worker. The less loaded worker, woken too, takes the connection first;
+/// if it does not, the loaded one still does. Alone, or about as loaded as the
+/// others, a worker accepts at once, so accepting is never throttled when there is
+/// nobody to hand the connection to.
 pub(crate) fn accept_delay(open: usize, least_other: Option<usize>, step: usize) -> Duration {
     let Some(other) = least_other else {
         return Duration::ZERO;

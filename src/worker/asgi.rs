@@ -2,9 +2,10 @@
 //! asyncio event loop and the app.
 //!
 //! - The **I/O thread** (current-thread tokio runtime, never takes the GIL) accepts,
-//!   reads and parses request heads with [`crate::http::HeadParser`], decodes request bodies with
-//!   [`Decoder`] (a first piece of up to 64 KiB eagerly, the rest only when the app asks
-//!   for it), writes what the app sends, keeps connections alive and heartbeats.
+//!   reads and parses request heads with [`crate::http::HeadParser`], decodes request
+//!   bodies with [`Decoder`] (a first piece of up to 64 KiB eagerly, the rest only when
+//!   the app asks for it), writes what the app sends, keeps connections alive and
+//!   heartbeats.
 //! - The **event loop** (Python main thread, `ferrocorn.asgi`) watches one descriptor
 //!   (an eventfd) with `loop.add_reader`. The I/O thread pushes [`Event`]s onto a queue
 //!   and bumps that descriptor only when the queue was empty, so a burst of requests costs
@@ -174,9 +175,7 @@ impl SharedBytes {
             len: data.len(),
         }
     }
-}
 
-impl SharedBytes {
     fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr` and `len` describe the buffer of the object this holds, which
         // cannot change or go away meanwhile (see the `Send` impl).
@@ -830,7 +829,13 @@ impl Conn {
         self.shared.send_cmd(py, &self.tx, cmd);
     }
 
-    fn push(&self, py: Python<'_>, bytes: Payload) -> bool {
+    /// Queues response bytes for the I/O task. With `pace`, returns false when the
+    /// connection is over [`HIGH_WATER`] and the caller must wait for `Drained` before
+    /// sending more; without (the response's last bytes: waiting would bound nothing
+    /// and cost a round trip between the threads, as a 64 KiB body with its head always
+    /// crossed the mark; uvicorn's send() likewise waits only before writing more),
+    /// always true.
+    fn push(&self, py: Python<'_>, bytes: Payload, pace: bool) -> bool {
         let n = bytes.len();
         if n == 0 {
             return true;
@@ -843,7 +848,7 @@ impl Conn {
         }
         let b = self.conn.buffered.fetch_add(n, Ordering::AcqRel) + n;
         self.cmd(py, Cmd::Write(bytes));
-        if b <= HIGH_WATER {
+        if !pace || b <= HIGH_WATER {
             return true;
         }
         self.conn.want_drain.store(true, Ordering::SeqCst);
@@ -1214,18 +1219,11 @@ impl Conn {
         if framing != Framing::None {
             inner.sent += data.len() as u64;
         }
-        let mut ok = match shared_body {
-            Some(b) => self.push(py, Payload::Shared(out, b)),
-            None => self.push(py, Payload::Owned(out)),
+        let payload = match shared_body {
+            Some(b) => Payload::Shared(out, b),
+            None => Payload::Owned(out),
         };
-        if !ok && !more {
-            // The final body: the app has nothing more to send, so making it wait for
-            // the drain bounds nothing and costs a round trip between the threads (a
-            // 64 KiB response went over HIGH_WATER with its head, every time). As
-            // uvicorn, whose send() waits only before writing more.
-            self.conn.want_drain.store(false, Ordering::SeqCst);
-            ok = true;
-        }
+        let ok = self.push(py, payload, more);
         if more {
             inner.resp = Resp::Streaming { framing };
         } else {
@@ -1357,7 +1355,11 @@ impl Conn {
         }
         inner.resp = Resp::Done;
         inner.status = 403;
-        self.push(py, Payload::Owned(error_response(403, "Forbidden", "")));
+        self.push(
+            py,
+            Payload::Owned(error_response(403, "Forbidden", "")),
+            false,
+        );
         self.cmd(py, Cmd::End { keep_alive: false });
         self.access_log(&inner);
         self.deactivate(&mut inner);
@@ -1387,7 +1389,7 @@ impl Conn {
                 inner.status = 500;
                 inner.sent = 0;
                 inner.resp = Resp::Done;
-                self.push(py, Payload::Owned(bytes));
+                self.push(py, Payload::Owned(bytes), false);
                 self.cmd(py, Cmd::End { keep_alive: false });
                 self.access_log(&inner);
                 self.deactivate(&mut inner);

@@ -16,8 +16,9 @@
 //!
 //! A connection therefore occupies a Python thread only from the moment its head (and
 //! small body) is complete until the app is done: a response the client is slow to
-//! read is finished by the I/O thread (write-behind, [`crate::wsgi::io::Conn::out`]). The threads are started in
-//! `run()`, after fork, so the master never forks a process with extra threads.
+//! read is finished by the I/O thread (write-behind, [`crate::wsgi::io::Conn::out`]).
+//! The threads are started in `run()`, after fork, so the master never forks a
+//! process with extra threads.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
