@@ -72,14 +72,34 @@ def _new_future() -> asyncio.Future[Any]:
     return loop.create_future()
 
 
-class Cycle:
+class _Paced:
+    """``send()`` backpressure, for HTTP and WebSocket alike: when the connection has
+    more than its high-water mark queued, ``send()`` waits for the I/O thread's
+    ``Drained`` event (or the connection's loss, which also sets it)."""
+
+    __slots__ = ("drain",)
+    drain: asyncio.Future[None] | None
+
+    async def _wait_drained(self) -> None:
+        self.drain = _new_future()
+        try:
+            await self.drain
+        finally:
+            self.drain = None
+
+    def on_drained(self) -> None:
+        fut = self.drain
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
+class Cycle(_Paced):
     """One HTTP request: the app's ``receive`` and ``send``."""
 
     __slots__ = (
         "body",
         "conn",
         "disconnected",
-        "drain",
         "more_body",
         "scope",
         "task",
@@ -94,7 +114,7 @@ class Cycle:
         self.body: bytes | None = body if (body or not more_body) else None
         self.more_body = more_body
         self.waiter: asyncio.Future[dict] | None = None
-        self.drain: asyncio.Future[None] | None = None
+        self.drain = None
         self.disconnected = False
         self.task: asyncio.Task | None = None
 
@@ -126,11 +146,6 @@ class Cycle:
         self.wake(DISCONNECT)
         self.on_drained()
 
-    def on_drained(self) -> None:
-        fut = self.drain
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
     async def send(self, message: dict) -> None:
         kind = message["type"]
         if kind == "http.response.body":
@@ -146,11 +161,7 @@ class Cycle:
                 # OSError, so an app that streams without reading receive() stops.
                 raise ClientDisconnected("client disconnected; cannot send the response body")
             if sent == BODY_WAIT and not self.conn.closed:
-                self.drain = _new_future()
-                try:
-                    await self.drain
-                finally:
-                    self.drain = None
+                await self._wait_drained()
             if not more:
                 self.wake(DISCONNECT)
         elif kind == "http.response.start":
@@ -177,17 +188,17 @@ class ClientDisconnected(OSError):
     """``send()`` on a connection the client already closed (ASGI spec 2.4)."""
 
 
-class WsCycle:
+class WsCycle(_Paced):
     """One WebSocket connection: ``websocket.connect``, messages, ``disconnect``."""
 
-    __slots__ = ("closed_code", "conn", "drain", "queue", "scope", "state", "task", "waiter")
+    __slots__ = ("closed_code", "conn", "queue", "scope", "state", "task", "waiter")
 
     def __init__(self, conn: Any, scope: dict) -> None:
         self.conn = conn
         self.scope = scope
         self.queue: list[dict] = [{"type": "websocket.connect"}]
         self.waiter: asyncio.Future[None] | None = None
-        self.drain: asyncio.Future[None] | None = None
+        self.drain = None
         self.state = "connecting"  # accepted, closed (by the app), rejected
         self.closed_code: int | None = None  # set once the connection is gone
         self.task: asyncio.Task[None] | None = None
@@ -223,11 +234,6 @@ class WsCycle:
             self.queue.append({"type": "websocket.disconnect", "code": code, "reason": reason})
         self._wake()
         self.on_drained()
-
-    def on_drained(self) -> None:
-        fut = self.drain
-        if fut is not None and not fut.done():
-            fut.set_result(None)
 
     def _refused(self) -> None:
         # The handshake was answered with an HTTP response and the server closes the
@@ -265,11 +271,7 @@ class WsCycle:
             if not more:
                 self._refused()
             elif sent == BODY_WAIT and not self.conn.closed:
-                self.drain = _new_future()
-                try:
-                    await self.drain
-                finally:
-                    self.drain = None
+                await self._wait_drained()
             return
         if self.state != "accepted" or self.closed_code is not None:
             raise ClientDisconnected(f"WebSocket closed; cannot send '{kind}'")
@@ -280,11 +282,7 @@ class WsCycle:
                 raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
             ok = self.conn.ws_send(text, None if data is None else bytes(data))
             if not ok and not self.disconnected:
-                self.drain = _new_future()
-                try:
-                    await self.drain
-                finally:
-                    self.drain = None
+                await self._wait_drained()
         elif kind == "websocket.close":
             self.state = "closed"
             self.conn.ws_close(int(message.get("code") or 1000), message.get("reason") or "")
