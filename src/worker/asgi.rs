@@ -1516,7 +1516,9 @@ async fn accept_loop(shared: Arc<Shared>, l: Arc<IoListener>, index: usize, conn
         // Accept balancing, as the gthread worker does (see `accept_delay`): without
         // it the first worker to wake took a whole burst of a load generator's 512
         // connections, and the others idled (hello world, 2 workers: 28k req/s with
-        // a 524 ms p99 at 512 connections against 66k at 64).
+        // a 524 ms p99 at 512 connections against 66k at 64; measured before the
+        // benchmark harness stopped holding servers to one core, see
+        // docs/benchmarks.md).
         let cap = shared.cfg.worker_connections;
         let delay = || {
             let held = cap.saturating_sub(conns.available_permits());
