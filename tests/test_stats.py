@@ -164,6 +164,31 @@ def test_requests_left_before_rotation(server):
     assert w["requests_left"] == 100 - w["requests"]
 
 
+def test_server_counts_survive_worker_rotation(server):
+    """--max-requests 1: every request ends its worker. The server's totals (and the
+    Prometheus server-wide counters) still count every request, where a sum over the
+    current workers would show at most one."""
+    srv, url = start(server, ["-w", "1", "--max-requests", "1", "--max-requests-jitter", "0"])
+    before = booted(url, 1)["server"]["requests"]  # the harness's readiness probe
+    n = 4
+    for _ in range(n):
+        assert srv.get("/pid").status == 200
+    total = before + n
+    after = wait_until(
+        lambda: (s := stats(url))["server"]["requests"] >= total and s,
+        what="the requests of the rotated workers to be counted",
+    )
+    assert after["server"]["requests"] == total
+    assert after["server"]["statuses"] == {"200": total}
+    assert after["server"]["errors_5xx"] == 0
+    assert sum(w["requests"] for w in after["workers"]) <= 1
+    status, body = fetch(url, "/metrics")
+    assert status == 200
+    text = body.decode()
+    assert f"ferrocorn_requests_total {total}\n" in text
+    assert f'ferrocorn_responses_total{{status="200"}} {total}\n' in text
+
+
 def test_prometheus_output_parses(server):
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -167,13 +167,14 @@ class Collector:
         # pid -> deque of (monotonic time, requests, cpu seconds, 5xx responses)
         self.history: dict[int, deque[tuple[float, int, float | None, int]]] = {}
 
-    def slots(self) -> list[tuple[int, dict[str, Any]]]:
-        out = []
-        for i in range(self.board.capacity):
-            snap = self.board.snapshot(i)
-            if snap["pid"] and snap["state"] != "free":
-                out.append((i, snap))
-        return out
+    def slots(self, every: list[dict[str, Any]] | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """The slots that hold a worker, from ``every`` slot's snapshot (taken now when
+        not given)."""
+        if every is None:
+            every = [self.board.snapshot(i) for i in range(self.board.capacity)]
+        return [
+            (i, snap) for i, snap in enumerate(every) if snap["pid"] and snap["state"] != "free"
+        ]
 
     def sample(self) -> None:
         now = time.monotonic()
@@ -226,8 +227,9 @@ class Collector:
 
     def snapshot(self) -> dict[str, Any]:
         cfg = self.cfg
+        every = [self.board.snapshot(i) for i in range(self.board.capacity)]
         workers = []
-        for i, snap in self.slots():
+        for i, snap in self.slots(every):
             pid = snap["pid"]
             cpu = proc_cpu_seconds(pid)
             rps, cpu_pct, errors_ps = self.rates(pid, snap, cpu)
@@ -271,11 +273,14 @@ class Collector:
         for w in workers:
             for j, c in enumerate(w["latency_buckets"]):
                 buckets[j] += c
-        total = sum(w["requests"] for w in workers)
+        # The server's counts are since the master started: each slot's `slot_*`
+        # counters keep the counts of the workers it had before, which a sum over the
+        # current workers would lose at every rotation or crash.
+        total = sum(snap["slot_requests"] for snap in every)
         statuses: dict[str, int] = {}
-        for w in workers:
-            for code, n in w["statuses"].items():
-                statuses[code] = statuses.get(code, 0) + n
+        for snap in every:
+            for code, n in snap["slot_statuses"].items():
+                statuses[str(code)] = statuses.get(str(code), 0) + n
         master = {"pid": self.master_pid, "alive": master_alive(self.master_pid)}
         master.update(proc_memory(self.master_pid))
         return {
@@ -295,7 +300,7 @@ class Collector:
                 "idle_workers": sum(1 for w in workers if w["state"] == "idle"),
                 "requests": total,
                 "req_per_s": round(sum(w["req_per_s"] for w in workers), 3),
-                "errors_5xx": sum(w["errors_5xx"] for w in workers),
+                "errors_5xx": sum(n for code, n in statuses.items() if code.startswith("5")),
                 "errors_5xx_per_s": round(sum(w["errors_5xx_per_s"] for w in workers), 3),
                 "statuses": statuses,
                 "restarts": sum(w["restarts"] or 0 for w in workers),
@@ -355,6 +360,13 @@ def prometheus_text(snap: dict[str, Any], bounds: list[float]) -> str:
     lines.append(f"ferrocorn_workers {server['workers']}")
     family("ferrocorn_busy_workers", "gauge", "Workers serving a request right now.")
     lines.append(f"ferrocorn_busy_workers {server['busy_workers']}")
+    # Server-wide counters that survive worker rotation: the per-worker series end
+    # with their worker, taking its last increments with them.
+    family("ferrocorn_requests_total", "counter", "Requests served, every worker included.")
+    lines.append(f"ferrocorn_requests_total {server['requests']}")
+    family("ferrocorn_responses_total", "counter", "Responses by status, every worker included.")
+    for code, n in sorted(server["statuses"].items()):
+        lines.append(f"ferrocorn_responses_total{_labels(status=code)} {n}")
 
     per_worker = [
         ("ferrocorn_worker_requests_total", "counter", "Requests served.", "requests"),
