@@ -72,12 +72,14 @@ class App:
     target: str  # module:attribute, resolved with benches/ as working directory
     body_len: int  # expected body length of GET / (sanity check at readiness)
     kind: str = "http"  # "http": loaded with wrk; "ws": WebSocket echo, loaded with wsload
-    # Seconds the measured run lasts at least (not with --quick). The warm-up's wrk
-    # stops with its requests still queued in the server, which serves them for nobody
-    # before the measured run's: at 512 connections and 2 workers x 8 threads x 20 ms
-    # that is 0.64 s. A 10 s run then reads ~93% of the ceiling for every server
-    # (gunicorn and Granian too), a 30 s run ~97%.
-    min_duration: int = 0
+    # Milliseconds the app itself takes per request (sleep 20ms: 20). When the warm-up's
+    # load generator stops, its last requests are still queued in the server, which
+    # serves them for nobody: up to connections x service time / (workers x threads),
+    # 0.64 s at 512 connections and 2 workers x 8 threads. The measured run starts only
+    # after that (see `settle_seconds`); otherwise its first requests wait behind the
+    # leftovers and the p99 measures the warm-up, not the server (947 ms for ferrocorn,
+    # 940 ms for Granian where the steady state is 670-710 ms).
+    service_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -117,10 +119,10 @@ class Scenario:
 
 HELLO = App("hello", "apps:hello", 13)
 BIG = App("64KiB", "apps:big", 64 * KIB)
-SLEEP = App("sleep 20ms", "apps:sleep", 13, min_duration=30)
+SLEEP = App("sleep 20ms", "apps:sleep", 13, service_ms=20)
 HELLO_ASGI = App("hello", "apps:hello_asgi", 13)
 BIG_ASGI = App("64KiB", "apps:big_asgi", 64 * KIB)
-SLEEP_ASGI = App("sleep 20ms", "apps:sleep_asgi", 13)
+SLEEP_ASGI = App("sleep 20ms", "apps:sleep_asgi", 13, service_ms=20)
 WS_ECHO = App("ws echo", "apps:ws_echo_asgi", 13, kind="ws")
 
 GUNICORN = "{python} -m gunicorn -w {workers} -b {host}:{port}"
@@ -637,9 +639,14 @@ def log_tail(path: Path, lines: int = 3) -> str:
     return ""
 
 
-def run_seconds(app: App, opts: argparse.Namespace) -> int:
-    """How long the measured run of `app` lasts."""
-    return opts.duration if opts.quick else max(opts.duration, app.min_duration)
+def settle_seconds(app: App, conns: int, workers: int, threads: int) -> float:
+    """How long to wait after the warm-up for the server to finish the requests the
+    warm-up left queued, counted as if each worker ran `threads` at a time (an async
+    server runs them all at once and is done sooner)."""
+    if app.service_ms <= 0:
+        return 0.0
+    queued = conns * app.service_ms / 1000 / (workers * max(threads, 1))
+    return min(queued + 0.5, 10.0)
 
 
 def measure(
@@ -716,8 +723,9 @@ def measure(
 
         if opts.warmup > 0:
             load(opts.warmup)
+            time.sleep(settle_seconds(app, conns, workers, sc.threads))
         before = cpu_ticks(proc.pid)
-        report, run.wrk_cpu_s = load(run_seconds(app, opts))
+        report, run.wrk_cpu_s = load(opts.duration)
         after = cpu_ticks(proc.pid)
         if proc.poll() is not None:
             notes.append(f"server exited ({proc.returncode}) during the run")
@@ -993,19 +1001,13 @@ def section(
         f"`{json_path.relative_to(ROOT)}`.",
         "",
     ]
-    longer = sorted(
-        {
-            (a.name, run_seconds(a, opts))
-            for a, _, _ in cases
-            if run_seconds(a, opts) != opts.duration
-        }
-    )
-    for name, seconds in longer:
+    settled = sorted({a.name for a, _, _ in cases if a.service_ms > 0})
+    for name in settled:
         out += [
-            f"The {name} cases run for {seconds} s (`-d{seconds}s`): the warm-up leaves "
-            "its last requests queued in the server, which delay the measured run's "
-            "first ones (0.64 s at 512 connections, 2 workers x 8 threads x 20 ms); a "
-            "longer run dilutes that (see `min_duration` in benches/run.py).",
+            f"The {name} cases wait after the warm-up until the server has served what "
+            "the warm-up left queued (connections x 20 ms / (workers x threads) + 0.5 s), "
+            "so the measured run starts on empty queues (`settle_seconds` in "
+            "benches/run.py).",
             "",
         ]
     apps = {a.name: a for a in sc.apps}
