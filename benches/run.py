@@ -424,6 +424,17 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+def ferrocorn_version(exe: str) -> str | None:
+    """The version the benchmarked executable reports (an editable checkout has no
+    package metadata)."""
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"version ([^)\s]+)", out.stdout)
+    return m.group(1) if m else None
+
+
 def ensure_packages(names: set[str]) -> dict[str, str]:
     """pip-install the pinned version of each package that is missing or differs.
     Returns {name: error} for packages that could not be installed."""
@@ -1247,7 +1258,7 @@ def run_scenario(sc: Scenario, opts: argparse.Namespace) -> None:
             unavailable.setdefault(s.id, f"skipped: {', '.join(missing)} not installed")
     versions = {p: installed_version(p) or "missing" for s in servers for p in s.packages}
     if "ferrocorn" in {s.id for s in servers}:
-        fv = installed_version("ferrocorn")
+        fv = installed_version("ferrocorn") or ferrocorn_version(opts.ferrocorn)
         versions["ferrocorn"] = f"{fv or '?'} (git {git_rev() or '?'})"
 
     cases = list(iter_cases(sc, opts))

@@ -820,6 +820,22 @@ def has_ipv6_loopback() -> bool:
         return False
 
 
+def thread_policies(pid: int) -> dict[int, tuple[str, int, bool]]:
+    """Each thread of process ``pid``: tid -> (name, scheduling policy, whether
+    SCHED_RESET_ON_FORK is set)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            policy = os.sched_getscheduler(int(tid))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended meanwhile
+        reset = bool(policy & os.SCHED_RESET_ON_FORK)
+        out[int(tid)] = (name, policy & ~os.SCHED_RESET_ON_FORK, reset)
+    return out
+
+
 @pytest.fixture(scope="session")
 def helpers():
     """Module-free access to the helpers above (test files must not import conftest)."""
@@ -831,6 +847,7 @@ def helpers():
         connect=_connect, run_cli=run_cli, start_server=start_server,
         has_ipv6_loopback=has_ipv6_loopback, is_gunicorn=IS_GUNICORN, server_cmd=SERVER_CMD,
         apps_dir=APPS_DIR, tests_dir=TESTS_DIR, Response=Response,
+        thread_policies=thread_policies,
     )
 
 

@@ -7,6 +7,7 @@ tests/apps/djangoproject.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import time
@@ -681,3 +682,15 @@ def test_ws_max_message_size_setting(server):
     op, payload = c.recv_frame()
     assert op == 8
     assert _close_code(payload)[0] == 1009
+
+
+def test_loop_thread_runs_as_sched_batch(asgi_server, helpers):
+    """The event loop's thread is SCHED_BATCH (reset on fork); the I/O thread keeps
+    the default policy (docs/ARCHITECTURE.md, asgi step 1)."""
+    (pid,) = asgi_server.worker_pids()
+    ts = helpers.thread_policies(pid)
+    _name, policy, reset = ts[pid]
+    assert (policy, reset) == (os.SCHED_BATCH, True), ts
+    io = [t for t in ts.values() if t[0] == "ferrocorn-io"]
+    assert io and all(t[1] == os.SCHED_OTHER for t in io), ts
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from waiting import until
 
 GTHREAD = ["--worker-class", "gthread"]
 
@@ -396,3 +398,26 @@ def test_request_past_timeout_is_logged_not_killed(server):
                      r"past the 1 s timeout", timeout=5)
     assert "WORKER TIMEOUT" not in srv.log()
     assert srv.worker_pids() == [pid]
+
+
+def test_pool_threads_run_as_sched_batch(server, helpers):
+    """The threads that run Python are SCHED_BATCH (and reset on fork); the I/O thread
+    and the main thread keep the default policy (docs/ARCHITECTURE.md, gthread step 1)."""
+    srv = server([*GTHREAD, "--threads", "3", "--workers", "1"], "wsgiapps:app")
+    (pid,) = srv.worker_pids()
+
+    def settled():
+        ts = helpers.thread_policies(pid)
+        pool = [t for t in ts.values() if t[0].startswith("ferrocorn-app-")]
+        return ts if len(pool) == 3 and all(t[1] == os.SCHED_BATCH for t in pool) else None
+
+    ts = until(settled, what="three SCHED_BATCH pool threads",
+               detail=lambda: helpers.thread_policies(pid))
+    for tid, (name, policy, reset) in ts.items():
+        if name.startswith("ferrocorn-app-"):
+            assert reset, (name, policy)
+        else:
+            assert policy == os.SCHED_OTHER, (tid, name, policy)
+    assert any(name == "ferrocorn-io" for name, _, _ in ts.values())
+    assert ts[pid][1] == os.SCHED_OTHER
+

@@ -1,8 +1,9 @@
 //! The async I/O pieces the gthread and asgi workers share: listeners registered
 //! with a tokio runtime, accepted streams (TCP or Unix) and their hand-off to blocking
 //! Python threads and back, reading a request head under its deadlines, graceful
-//! close, the read-buffer compaction, and the signal mask that keeps the I/O thread
-//! out of Python's signal handling.
+//! close, the read-buffer compaction, the signal mask that keeps the I/O thread out
+//! of Python's signal handling, and the scheduling policy of the threads that run
+//! Python.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -35,6 +36,36 @@ pub(crate) fn block_async_signals() -> Option<SigSet> {
     let mut old = SigSet::empty();
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).ok()?;
     Some(old)
+}
+
+/// Moves the calling thread to `SCHED_BATCH` if it runs under the default policy
+/// (one set by the user, `chrt` or a service manager, is left alone). The flag
+/// `SCHED_RESET_ON_FORK` puts processes the app starts from it back on the default.
+///
+/// For the threads that run Python: the asgi event loop and the gthread pool. The
+/// I/O thread hands them work (an eventfd write, a futex wake) and is the one clients
+/// wait on. Under the default policy the thread it wakes preempts it when both share
+/// a CPU, so a batch of reads is cut short for two context switches. A batch thread
+/// gets the same share of CPU time but does not preempt on wake-up: it runs on a free
+/// CPU, or when the running thread blocks or its time slice ends. It changes nothing
+/// while a CPU is free.
+///
+/// Measured on 2 CPUs shared with the load generator, 2 workers, three interleaved
+/// runs each: WebSocket echo at 64 connections went from 89.9-101.1k to 103.1-107.6k
+/// msg/s (server CPU 11.1-12.3 to 10.5-11.0 µs a message); hello world on gthread and
+/// asgi stayed within the noise. Moving the asgi I/O thread instead of the loop thread
+/// was no better than moving neither.
+pub(crate) fn batch_this_thread() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread; the policy calls read no memory of ours
+    // but `param`, a live local. A failure (a seccomp filter, say) leaves the policy
+    // as it was, which is harmless.
+    unsafe {
+        let policy = libc::sched_getscheduler(0);
+        if policy >= 0 && policy & !libc::SCHED_RESET_ON_FORK == libc::SCHED_OTHER {
+            libc::sched_setscheduler(0, libc::SCHED_BATCH | libc::SCHED_RESET_ON_FORK, &param);
+        }
+    }
 }
 
 /// Drops consumed bytes from the front of the buffer when that frees at least half.
@@ -356,6 +387,41 @@ pub(crate) fn accept_delay(open: usize, least_other: Option<usize>, step: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy() -> libc::c_int {
+        // SAFETY: pid 0 is the calling thread; no memory is passed.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    #[test]
+    fn python_threads_run_as_batch_and_reset_on_fork() {
+        let main = policy();
+        let got = std::thread::spawn(|| {
+            batch_this_thread();
+            policy()
+        })
+        .join()
+        .ok();
+        assert_eq!(got, Some(libc::SCHED_BATCH | libc::SCHED_RESET_ON_FORK));
+        // Only the calling thread changed.
+        assert_eq!(policy(), main);
+    }
+
+    #[test]
+    fn a_policy_set_by_the_user_is_kept() {
+        let got = std::thread::spawn(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: pid 0 is the calling thread; `param` is a live local.
+            // SCHED_IDLE needs no privilege.
+            let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+            assert_eq!(set, 0);
+            batch_this_thread();
+            policy()
+        })
+        .join()
+        .ok();
+        assert_eq!(got, Some(libc::SCHED_IDLE));
+    }
 
     #[test]
     fn accept_delay_grows_with_load() {

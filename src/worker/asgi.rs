@@ -42,8 +42,8 @@ use crate::log::{AccessLog, Record};
 use crate::net::{Listener, Peer};
 use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
 use crate::worker::aio::{
-    accept_delay, block_async_signals, close_gracefully, compact, read_head, sleep_until_opt,
-    HeadWait, IoListener, IoStream,
+    accept_delay, batch_this_thread, block_async_signals, close_gracefully, compact, read_head,
+    sleep_until_opt, HeadWait, IoListener, IoStream,
 };
 use crate::worker::sync::{get, get_or, inherited_listeners, is_transient_accept_error, Options};
 use crate::worker::ws::{DeflateParams, Incoming, WsConn};
@@ -498,6 +498,9 @@ impl AsgiWorker {
         }
         let h = h.map_err(|e| PyRuntimeError::new_err(format!("starting the I/O thread: {e}")))?;
         *lock(&self.io) = Some(h);
+        // The event loop runs on this thread from now on; the I/O thread, started
+        // above, keeps the default policy.
+        batch_this_thread();
         Ok(())
     }
 

@@ -39,8 +39,8 @@ use crate::http::{Decoder, Limits, RequestHead};
 use crate::net::{Listener, Peer};
 use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
 use crate::worker::aio::{
-    accept_delay, block_async_signals, close_gracefully, compact, read_head, sleep_until_opt,
-    HeadWait, IoListener, IoStream,
+    accept_delay, batch_this_thread, block_async_signals, close_gracefully, compact, read_head,
+    sleep_until_opt, HeadWait, IoListener, IoStream,
 };
 use crate::worker::sync::{
     drain_pipe, get, get_or, hooks_from, inherited_listeners, is_transient_accept_error,
@@ -620,6 +620,7 @@ fn pool_thread(
     index: usize,
     infos: Arc<Vec<ListenerInfo>>,
 ) {
+    batch_this_thread();
     Python::attach(move |py| {
         let mut handler = handler;
         // The GIL is released between jobs even when one is queued. Keeping it across
