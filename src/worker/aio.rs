@@ -397,6 +397,12 @@ mod tests {
     fn python_threads_run_as_batch_and_reset_on_fork() {
         let main = policy();
         let got = std::thread::spawn(|| {
+            // Start from the default policy whatever the test runner was started with
+            // (an unprivileged thread may switch between the normal policies).
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: pid 0 is the calling thread; `param` is a live local.
+            let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+            assert_eq!(set, 0);
             batch_this_thread();
             policy()
         })
