@@ -77,8 +77,9 @@ class App:
     # serves them for nobody: up to connections x service time / (workers x threads),
     # 0.64 s at 512 connections and 2 workers x 8 threads. The measured run starts only
     # after that (see `settle_seconds`); otherwise its first requests wait behind the
-    # leftovers and the p99 measures the warm-up, not the server (947 ms for ferrocorn,
-    # 940 ms for Granian where the steady state is 670-710 ms).
+    # leftovers and the p99 measures the warm-up, not the server (gthread scenario, 2
+    # workers, 512 connections: 947 ms for ferrocorn and 940 ms for Granian before this
+    # wait, 670 and 672 ms with it).
     service_ms: float = 0.0
 
 
@@ -1012,11 +1013,12 @@ def section(
         f"`{json_path.relative_to(ROOT)}`.",
         "",
     ]
-    settled = sorted({a.name for a, _, _ in cases if a.service_ms > 0})
-    for name in settled:
+    settled = sorted({(a.name, a.service_ms) for a, _, _ in cases if a.service_ms > 0})
+    for name, ms in settled:
         out += [
             f"The {name} cases wait after the warm-up until the server has served what "
-            "the warm-up left queued (connections x 20 ms / (workers x threads) + 0.5 s), "
+            f"the warm-up left queued (connections x {ms:g} ms / (workers x threads) "
+            "+ 0.5 s), "
             "so the measured run starts on empty queues (`settle_seconds` in "
             "benches/run.py).",
             "",

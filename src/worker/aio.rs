@@ -56,16 +56,25 @@ pub(crate) fn block_async_signals() -> Option<SigSet> {
 /// asgi stayed within the noise. Moving the asgi I/O thread instead of the loop thread
 /// was no better than moving neither.
 pub(crate) fn batch_this_thread() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 names the calling thread; the policy calls read no memory of ours
-    // but `param`, a live local. A failure (a seccomp filter, say) leaves the policy
-    // as it was, which is harmless.
-    unsafe {
-        let policy = libc::sched_getscheduler(0);
-        if policy >= 0 && policy & !libc::SCHED_RESET_ON_FORK == libc::SCHED_OTHER {
-            libc::sched_setscheduler(0, libc::SCHED_BATCH | libc::SCHED_RESET_ON_FORK, &param);
-        }
+    let policy = thread_policy();
+    if policy >= 0 && policy & !libc::SCHED_RESET_ON_FORK == libc::SCHED_OTHER {
+        // A failure (a seccomp filter, say) leaves the policy as it was: harmless.
+        set_thread_policy(libc::SCHED_BATCH | libc::SCHED_RESET_ON_FORK);
     }
+}
+
+/// The calling thread's scheduling policy (with its flags), or -1.
+fn thread_policy() -> libc::c_int {
+    // SAFETY: pid 0 names the calling thread; no memory is passed.
+    unsafe { libc::sched_getscheduler(0) }
+}
+
+/// Sets the calling thread's policy, one without priorities (OTHER, BATCH, IDLE).
+fn set_thread_policy(policy: libc::c_int) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread; the kernel reads only `param`, a live
+    // local.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
 }
 
 /// Drops consumed bytes from the front of the buffer when that frees at least half.
@@ -388,45 +397,31 @@ pub(crate) fn accept_delay(open: usize, least_other: Option<usize>, step: usize)
 mod tests {
     use super::*;
 
-    fn policy() -> libc::c_int {
-        // SAFETY: pid 0 is the calling thread; no memory is passed.
-        unsafe { libc::sched_getscheduler(0) }
+    /// In a new thread started under `start`: `batch_this_thread()`, then its policy.
+    fn batch_from(start: libc::c_int) -> Option<libc::c_int> {
+        std::thread::spawn(move || {
+            // An unprivileged thread may switch between the normal policies, so this
+            // does not depend on the policy the test runner was started with.
+            assert!(set_thread_policy(start));
+            batch_this_thread();
+            thread_policy()
+        })
+        .join()
+        .ok()
     }
 
     #[test]
     fn python_threads_run_as_batch_and_reset_on_fork() {
-        let main = policy();
-        let got = std::thread::spawn(|| {
-            // Start from the default policy whatever the test runner was started with
-            // (an unprivileged thread may switch between the normal policies).
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: pid 0 is the calling thread; `param` is a live local.
-            let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
-            assert_eq!(set, 0);
-            batch_this_thread();
-            policy()
-        })
-        .join()
-        .ok();
+        let main = thread_policy();
+        let got = batch_from(libc::SCHED_OTHER);
         assert_eq!(got, Some(libc::SCHED_BATCH | libc::SCHED_RESET_ON_FORK));
         // Only the calling thread changed.
-        assert_eq!(policy(), main);
+        assert_eq!(thread_policy(), main);
     }
 
     #[test]
     fn a_policy_set_by_the_user_is_kept() {
-        let got = std::thread::spawn(|| {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: pid 0 is the calling thread; `param` is a live local.
-            // SCHED_IDLE needs no privilege.
-            let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-            assert_eq!(set, 0);
-            batch_this_thread();
-            policy()
-        })
-        .join()
-        .ok();
-        assert_eq!(got, Some(libc::SCHED_IDLE));
+        assert_eq!(batch_from(libc::SCHED_IDLE), Some(libc::SCHED_IDLE));
     }
 
     #[test]
