@@ -133,11 +133,16 @@ class Watch:
         else:
             self.all_busy_since = None
 
-        # Requests close to the timeout.
+        # Requests close to the timeout. A worker the master has just aborted for its
+        # timeout is past "close": its own lines name the request, and a warning here
+        # would land in the middle of the stack dump it is writing to the same log.
         if timeout > 0 and not asgi:
             for pid, snap in snaps:
                 age = snap["request_age"]
                 if snap["state"] != "busy" or not age or age < NEAR_TIMEOUT * timeout:
+                    continue
+                worker = arb.workers.get(pid)
+                if worker is None or worker.aborted:
                     continue
                 key = (pid, snap["request"] or "", int(now - age))
                 if key in self.slow_reported:

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 
-from ferrocorn.watch import MEMORY_MIN_GROWTH, MEMORY_SAMPLES, accept_queue, memory_climbing
+from ferrocorn.watch import (
+    MEMORY_MIN_GROWTH,
+    MEMORY_SAMPLES,
+    Watch,
+    accept_queue,
+    memory_climbing,
+)
 
 MIB = 1 << 20
 
@@ -42,3 +49,45 @@ def test_accept_queue_counts_waiting_connections():
     unix = socket.socket(socket.AF_UNIX)
     assert accept_queue(unix) is None
     unix.close()
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warning(self, msg: str, *args: object) -> None:
+        self.warnings.append(msg % args)
+
+    def debug(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("watch tick failed")
+
+
+def _arbiter(aborted: bool) -> SimpleNamespace:
+    """A master with one sync worker 1.9 s into a request under --timeout 2."""
+    pid = 2**22 + 1  # above pid_max's default: no /proc entry, no memory sample
+    snap = {"state": "busy", "busy_threads": 1, "request_age": 1.9, "request": "GET /slow"}
+    return SimpleNamespace(
+        cfg=SimpleNamespace(timeout=2, threads=1, worker_class_str="sync", worker_connections=1000),
+        workers={pid: SimpleNamespace(slot=0, aborted=aborted)},
+        board=SimpleNamespace(snapshot=lambda slot: dict(snap)),
+        log=_Log(),
+        listeners=[],
+    )
+
+
+def test_request_close_to_the_timeout_is_warned_once():
+    arb = _arbiter(aborted=False)
+    w = Watch(arb)
+    w.tick()
+    w.tick()
+    assert len(arb.log.warnings) == 1, arb.log.warnings
+    assert "GET /slow for 1.9 s, close to the 2 s --timeout" in arb.log.warnings[0]
+
+
+def test_no_close_to_the_timeout_warning_for_an_aborted_worker():
+    """Once the master has aborted the worker for its timeout, the worker is writing its
+    stack dump to the same log; a warning then would split a frame line in two (seen in
+    CI: 'line 30[...] [WARNING] ... in c_hang')."""
+    arb = _arbiter(aborted=True)
+    Watch(arb).tick()
+    assert arb.log.warnings == []
