@@ -1983,6 +1983,21 @@ async fn run_ws<S>(
     let pong_timer = tokio::time::sleep_until(never());
     tokio::pin!(pong_timer);
     let mut pong_due = false;
+    // The server's stop, as one future for the connection's life: `stop.changed()`
+    // made afresh by each pass registered and dropped a waiter every message (perf,
+    // WebSocket echo: `changed_impl`, `BigNotify::notified` and `drop_notified` in
+    // the I/O thread's top symbols).
+    let stopping = async {
+        loop {
+            if stop.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    };
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
             () = &mut ping_timer, if interval.is_some() => {
@@ -2080,10 +2095,7 @@ async fn run_ws<S>(
                     return;
                 }
             },
-            _ = stop.changed() => {
-                if !*stop.borrow() {
-                    continue;
-                }
+            () = &mut stopping => {
                 // Server shutdown: close 1012 (service restart), as uvicorn.
                 let _ = tokio::time::timeout(WS_CLOSE_WAIT, async {
                     if ws.send_close(Some((1012, ""))).await.is_ok() {
