@@ -414,6 +414,33 @@ def test_send_is_paced_by_a_client_that_does_not_read(ws_server):
             time.sleep(0.05)
 
 
+def test_messages_arrive_whole_and_in_order_under_backpressure(ws_server):
+    """Text and binary, small and large messages sent as fast as send() allows, to a
+    client that reads slowly and pings meanwhile: a message written straight from
+    the dispatcher must never overtake, or land inside, one the connection's task is
+    still writing (src/worker/asgi.rs, write_direct)."""
+    n = 5_000
+    # A small receive window: the server's writes keep waiting for this client.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((ws_server.srv.host, ws_server.srv.port))
+    with _connect(ws_server.url(f"/ws/sequence?id=sequence&n={n}"), max_size=None,
+                  max_queue=1, sock=sock) as ws:
+        for i in range(n):
+            got = ws.recv(timeout=20)
+            if i % 3 == 0:
+                assert got == f"text {i}", (i, got[:40])
+            else:  # i in 4 bytes, then the byte i % 256 over and over
+                assert isinstance(got, bytes), (i, got[:40])
+                assert int.from_bytes(got[:4], "big") == i, (i, got[:8])
+                assert len(got) > 4 and got[4:] == bytes([i % 256]) * (len(got) - 4), i
+            if i % 500 == 0:
+                ws.ping()
+        assert ws_server.record("sequence") == {"sent": n}
+        ws.send("still there")
+        assert ws.recv(timeout=10) == "still there"
+
+
 def test_lost_connection_unblocks_a_paused_send(ws_server):
     with _connect(ws_server.url("/ws/flood?id=flood-lost&n=600"), max_queue=1) as ws:
         ws_server.record("flood-lost")

@@ -21,12 +21,13 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{pthread_sigmask, SigmaskHow};
+use nix::sys::socket::MsgFlags;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -46,7 +47,7 @@ use crate::worker::aio::{
     sleep_until_opt, HeadWait, IoListener, IoStream,
 };
 use crate::worker::sync::{get, get_or, inherited_listeners, is_transient_accept_error, Options};
-use crate::worker::ws::{DeflateParams, Incoming, WsConn};
+use crate::worker::ws::{data_frame, DeflateParams, Incoming, WsConn};
 use crate::worker::{HeadRead, Phase, PhaseCell};
 use crate::wsgi::environ::{method_str, Trust};
 
@@ -226,16 +227,41 @@ enum Cmd {
     WsAccept(Vec<u8>, Option<DeflateParams>),
     WsText(String),
     WsBinary(Vec<u8>),
+    /// The rest of a message frame the dispatcher began writing itself (see
+    /// [`Shared::write_direct`]), and the message's share of `buffered`.
+    WsRaw(Vec<u8>, usize),
     WsClose(u16, String),
 }
 
 /// Per-connection state shared by the loop and the I/O task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ConnShared {
+    id: u64,
     buffered: AtomicUsize,
     want_drain: AtomicBool,
     closed: AtomicBool,
+    /// An accepted WebSocket's socket, published while its I/O task has nothing of
+    /// its own half written, for [`Shared::write_direct`]; -1 otherwise. Only the
+    /// I/O thread reads or writes it, and that thread runs the task, so the socket
+    /// is open whenever this holds it (see [`DirectWrites`]).
+    direct_fd: AtomicI32,
 }
+
+impl ConnShared {
+    fn new(id: u64) -> ConnShared {
+        ConnShared {
+            id,
+            buffered: AtomicUsize::new(0),
+            want_drain: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            direct_fd: AtomicI32::new(-1),
+        }
+    }
+}
+
+/// A command on its way from the loop to a connection's I/O task. The third part
+/// names the connection for a WebSocket message the dispatcher may write itself.
+type Outgoing = (mpsc::UnboundedSender<Cmd>, Cmd, Option<Arc<ConnShared>>);
 
 #[derive(Debug)]
 struct Shared {
@@ -263,7 +289,7 @@ struct Shared {
     running: Mutex<BTreeMap<u64, (String, u64)>>,
     /// Commands from the loop waiting for the end of the loop's pass (see
     /// [`Shared::send_cmd`]).
-    outbox: Mutex<Vec<(mpsc::UnboundedSender<Cmd>, Cmd)>>,
+    outbox: Mutex<Vec<Outgoing>>,
     /// A flush of `outbox` is scheduled on the loop.
     flush_armed: AtomicBool,
     /// Tells the I/O thread's dispatcher that `outbox` has a batch.
@@ -311,12 +337,18 @@ impl Shared {
     /// the runtime and the rest find it awake. The flush runs as soon as the callbacks
     /// already ready have run: a response waits for the loop's current pass, not for
     /// the app's next await elsewhere.
-    fn send_cmd(&self, py: Python<'_>, tx: &mpsc::UnboundedSender<Cmd>, cmd: Cmd) {
+    fn send_cmd(
+        &self,
+        py: Python<'_>,
+        tx: &mpsc::UnboundedSender<Cmd>,
+        cmd: Cmd,
+        direct: Option<&Arc<ConnShared>>,
+    ) {
         let Some(flusher) = self.flusher.get() else {
             let _ = tx.send(cmd);
             return;
         };
-        lock(&self.outbox).push((tx.clone(), cmd));
+        lock(&self.outbox).push((tx.clone(), cmd, direct.cloned()));
         if !self.flush_armed.swap(true, Ordering::AcqRel) && flusher.call0(py).is_err() {
             // No running loop to schedule on (shutting down): send now.
             self.flush();
@@ -338,10 +370,94 @@ impl Shared {
         loop {
             self.flush_ready.notified().await;
             let batch = std::mem::take(&mut *lock(&self.outbox));
-            for (tx, cmd) in batch {
+            for (tx, cmd, direct) in batch {
+                let cmd = match direct {
+                    Some(cs) => match write_direct(&cs, cmd) {
+                        Ok(n) => {
+                            ws_sent(&self, &cs, cs.id, n, true);
+                            continue;
+                        }
+                        Err(cmd) => cmd,
+                    },
+                    None => cmd,
+                };
                 let _ = tx.send(cmd);
             }
         }
+    }
+}
+
+/// Writes a WebSocket message straight to its socket, when that can be done at
+/// once: the connection's task is idle (`direct_fd`), nothing is queued ahead of
+/// this message (everything sent and not yet written counts in `buffered`) and
+/// the socket takes the bytes without blocking. That skips the channel, the
+/// task's wake-up and a pass of its `select!`, for every message of an echo.
+/// Ok: the message went out whole (its share of `buffered`, for [`ws_sent`]).
+/// Err: the command the task must still carry out: all of it, or the rest of a
+/// frame the socket took only in part. A write that fails is left to the task,
+/// which writes again, sees the error and reports the close.
+fn write_direct(cs: &ConnShared, cmd: Cmd) -> Result<usize, Cmd> {
+    let (text, payload) = match &cmd {
+        Cmd::WsText(t) => (true, t.as_bytes()),
+        Cmd::WsBinary(b) => (false, b.as_slice()),
+        _ => return Err(cmd),
+    };
+    let n = payload.len().max(1);
+    let fd = cs.direct_fd.load(Ordering::Acquire);
+    if fd < 0 || cs.buffered.load(Ordering::Acquire) != n {
+        return Err(cmd);
+    }
+    let Ok(mut frame) = data_frame(text, payload) else {
+        return Err(cmd);
+    };
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    match nix::sys::socket::send(fd, &frame, flags) {
+        Ok(k) if k == frame.len() => Ok(n),
+        Ok(k) if k > 0 => {
+            frame.drain(..k);
+            Err(Cmd::WsRaw(frame, n))
+        }
+        _ => Err(cmd),
+    }
+}
+
+/// Publishes an accepted WebSocket's socket in its `ConnShared::direct_fd` for the
+/// life of its I/O task, except while the task writes itself ([`DirectWrites::hold`]):
+/// a frame of the dispatcher's must not land in the middle of one of the task's.
+/// Dropped before the stream (declared after it), so the descriptor is withdrawn
+/// before it is closed and cannot be reused under the dispatcher.
+struct DirectWrites<'a> {
+    cs: &'a ConnShared,
+    fd: RawFd,
+}
+
+impl<'a> DirectWrites<'a> {
+    /// `fd` is None when the connection cannot take direct writes (permessage-deflate:
+    /// the compressor's state lives with the task).
+    fn new(cs: &'a ConnShared, fd: Option<RawFd>) -> Self {
+        let fd = fd.unwrap_or(-1);
+        cs.direct_fd.store(fd, Ordering::Release);
+        DirectWrites { cs, fd }
+    }
+
+    /// Withdraws the socket until the returned guard is dropped.
+    fn hold(&self) -> HeldWrites<'_, 'a> {
+        self.cs.direct_fd.store(-1, Ordering::Release);
+        HeldWrites(self)
+    }
+}
+
+impl Drop for DirectWrites<'_> {
+    fn drop(&mut self) {
+        self.cs.direct_fd.store(-1, Ordering::Release);
+    }
+}
+
+struct HeldWrites<'b, 'a>(&'b DirectWrites<'a>);
+
+impl Drop for HeldWrites<'_, '_> {
+    fn drop(&mut self) {
+        self.0.cs.direct_fd.store(self.0.fd, Ordering::Release);
     }
 }
 
@@ -829,7 +945,7 @@ impl Conn {
     }
 
     fn cmd(&self, py: Python<'_>, cmd: Cmd) {
-        self.shared.send_cmd(py, &self.tx, cmd);
+        self.shared.send_cmd(py, &self.tx, cmd, None);
     }
 
     /// Queues response bytes for the I/O task. With `pace`, returns false when the
@@ -1329,7 +1445,7 @@ impl Conn {
             return true;
         }
         let b = self.conn.buffered.fetch_add(n, Ordering::AcqRel) + n;
-        self.cmd(py, cmd);
+        self.shared.send_cmd(py, &self.tx, cmd, Some(&self.conn));
         if b <= HIGH_WATER {
             return true;
         }
@@ -1694,7 +1810,7 @@ async fn serve_conn(shared: &Arc<Shared>, mut io: IoStream, peer: Peer, listener
         let keep_alive = admit(shared) && head.keep_alive;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let cs = Arc::new(ConnShared::default());
+        let cs = Arc::new(ConnShared::new(id));
         shared.event(Event::Request(Box::new(NewRequest {
             id,
             head,
@@ -1880,7 +1996,7 @@ async fn serve_ws(
     admit(shared);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let cs = Arc::new(ConnShared::default());
+    let cs = Arc::new(ConnShared::new(id));
     shared.event(Event::Request(Box::new(NewRequest {
         id,
         head,
@@ -1958,13 +2074,17 @@ async fn run_ws<S>(
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     deflate: Option<DeflateParams>,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + AsRawFd + Unpin,
 {
     let max = match shared.cfg.ws_max_message {
         0 => WS_MAX_MESSAGE,
         n => n,
     };
+    let fd = stream.as_raw_fd();
+    let direct_ok = deflate.is_none();
     let mut ws = WsConn::new(stream, leftover, max, deflate);
+    // After `ws`: dropped first, withdrawing the descriptor before it is closed.
+    let direct = DirectWrites::new(cs, direct_ok.then_some(fd));
     let closed = |code: u16, reason: String| {
         cs.closed.store(true, Ordering::Release);
         shared.event(Event::WsClosed { id, code, reason });
@@ -2004,6 +2124,7 @@ async fn run_ws<S>(
                 if let Some(i) = interval {
                     ping_timer.as_mut().reset((Instant::now() + i).into());
                 }
+                let _held = direct.hold();
                 if ws.send_ping(b"").await.is_err() {
                     closed(1006, String::new());
                     return;
@@ -2016,6 +2137,7 @@ async fn run_ws<S>(
                 }
             }
             () = &mut pong_timer, if pong_due => {
+                let _held = direct.hold();
                 let reason = "keepalive ping timeout";
                 let _ = tokio::time::timeout(WS_CLOSE_WAIT, ws.send_close(Some((1011, reason))))
                     .await;
@@ -2034,6 +2156,7 @@ async fn run_ws<S>(
                     bytes: Some(b),
                 }),
                 Ok(Incoming::Ping(p)) => {
+                    let _held = direct.hold();
                     if ws.send_pong(&p).await.is_err() {
                         closed(1006, String::new());
                         return;
@@ -2041,6 +2164,7 @@ async fn run_ws<S>(
                 }
                 Ok(Incoming::Pong) => pong_due = false,
                 Ok(Incoming::Close(frame)) => {
+                    let _held = direct.hold();
                     // Echo the client's code in our close reply (RFC 6455 §5.5.1).
                     let reply = frame.as_ref().map(|(c, _)| (*c, ""));
                     let _ = tokio::time::timeout(WS_CLOSE_WAIT, ws.send_close(reply)).await;
@@ -2049,6 +2173,7 @@ async fn run_ws<S>(
                     return;
                 }
                 Err(e) => {
+                    let _held = direct.hold();
                     if let Some(code) = e.close_code() {
                         let _ = tokio::time::timeout(
                             WS_CLOSE_WAIT,
@@ -2065,6 +2190,7 @@ async fn run_ws<S>(
             cmd = rx.recv() => match cmd {
                 Some(Cmd::WsText(t)) => {
                     let n = t.len().max(1);
+                    let _held = direct.hold();
                     let r = ws.send_data(true, t.as_bytes()).await;
                     if !ws_sent(shared, cs, id, n, r.is_ok()) {
                         closed(1006, String::new());
@@ -2073,13 +2199,23 @@ async fn run_ws<S>(
                 }
                 Some(Cmd::WsBinary(b)) => {
                     let n = b.len().max(1);
+                    let _held = direct.hold();
                     let r = ws.send_data(false, &b).await;
                     if !ws_sent(shared, cs, id, n, r.is_ok()) {
                         closed(1006, String::new());
                         return;
                     }
                 }
+                Some(Cmd::WsRaw(bytes, n)) => {
+                    let _held = direct.hold();
+                    let r = ws.send_raw(&bytes).await;
+                    if !ws_sent(shared, cs, id, n, r.is_ok()) {
+                        closed(1006, String::new());
+                        return;
+                    }
+                }
                 Some(Cmd::WsClose(code, reason)) => {
+                    let _held = direct.hold();
                     let _ = tokio::time::timeout(WS_CLOSE_WAIT, async {
                         if ws.send_close(Some((code, &reason))).await.is_ok() {
                             ws.wait_close_reply().await;
@@ -2096,6 +2232,7 @@ async fn run_ws<S>(
                 }
             },
             () = &mut stopping => {
+                let _held = direct.hold();
                 // Server shutdown: close 1012 (service restart), as uvicorn.
                 let _ = tokio::time::timeout(WS_CLOSE_WAIT, async {
                     if ws.send_close(Some((1012, ""))).await.is_ok() {
@@ -2187,5 +2324,74 @@ mod tests {
         assert_eq!(out, b"hello world");
         assert!(dec.is_done());
         assert_eq!(&body[pos..], b"NEXT");
+    }
+
+    /// Everything the peer end of a socket pair holds right now.
+    fn drain(peer: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+        use std::io::Read;
+        peer.set_nonblocking(true).expect("nonblocking");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match peer.read(&mut buf) {
+                Ok(0) => return out,
+                Ok(k) => out.extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return out,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn direct_writes_go_out_whole_and_only_when_nothing_is_ahead() {
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let cs = ConnShared::new(7);
+        cs.buffered.store(3, Ordering::SeqCst);
+        // Not published (the task is writing, or the socket is gone): the task's.
+        let r = write_direct(&cs, Cmd::WsText("abc".into()));
+        assert!(matches!(r, Err(Cmd::WsText(ref t)) if t == "abc"), "{r:?}");
+        assert!(drain(&mut peer).is_empty());
+
+        cs.direct_fd.store(ours.as_raw_fd(), Ordering::SeqCst);
+        assert_eq!(write_direct(&cs, Cmd::WsText("abc".into())).ok(), Some(3));
+        assert_eq!(drain(&mut peer), b"\x81\x03abc");
+
+        // A message still queued for the task counts in `buffered`: this one would
+        // overtake it.
+        cs.buffered.store(3 + 5, Ordering::SeqCst);
+        let r = write_direct(&cs, Cmd::WsBinary(vec![1; 5]));
+        assert!(
+            matches!(r, Err(Cmd::WsBinary(ref b)) if b.len() == 5),
+            "{r:?}"
+        );
+        assert!(drain(&mut peer).is_empty());
+
+        // Only data messages: a close is the task's (it waits for the reply).
+        let r = write_direct(&cs, Cmd::WsClose(1000, String::new()));
+        assert!(matches!(r, Err(Cmd::WsClose(1000, _))), "{r:?}");
+    }
+
+    #[test]
+    fn the_rest_of_a_frame_taken_in_part_goes_to_the_task() {
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().expect("pair");
+        nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::SndBuf, &4096)
+            .expect("SO_SNDBUF");
+        let cs = ConnShared::new(7);
+        cs.direct_fd.store(ours.as_raw_fd(), Ordering::SeqCst);
+        let big = vec![9u8; 1 << 20];
+        cs.buffered.store(big.len(), Ordering::SeqCst);
+        let (rest, n) = match write_direct(&cs, Cmd::WsBinary(big.clone())) {
+            Err(Cmd::WsRaw(rest, n)) => (rest, n),
+            other => panic!("expected the rest of the frame, got {other:?}"),
+        };
+        assert_eq!(n, big.len());
+        // The socket is full now: the next message is not written at all.
+        cs.buffered.store(3, Ordering::SeqCst);
+        let r = write_direct(&cs, Cmd::WsText("abc".into()));
+        assert!(matches!(r, Err(Cmd::WsText(_))), "{r:?}");
+        let mut wire = drain(&mut peer);
+        assert!(!wire.is_empty() && !rest.is_empty());
+        wire.extend_from_slice(&rest);
+        assert_eq!(wire, data_frame(false, &big).expect("frame"));
     }
 }

@@ -374,20 +374,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         rsv1: bool,
         payload: &[u8],
     ) -> std::io::Result<()> {
-        let header = FrameHeader {
-            is_final: true,
-            rsv1,
-            rsv2: false,
-            rsv3: false,
-            opcode,
-            mask: None,
-        };
-        let mut out = Vec::with_capacity(14 + payload.len());
-        header
-            .format(payload.len() as u64, &mut out)
-            .map_err(std::io::Error::other)?;
-        out.extend_from_slice(payload);
-        self.io.write_all(&out).await
+        self.io.write_all(&frame(opcode, rsv1, payload)?).await
+    }
+
+    /// Bytes already framed (the rest of a frame someone else began writing).
+    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await
     }
 
     /// Waits (cancel-safely) for the client's reply to our close frame: returns when
@@ -399,6 +391,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             }
         }
     }
+}
+
+/// One unmasked, final server frame.
+fn frame(opcode: OpCode, rsv1: bool, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let header = FrameHeader {
+        is_final: true,
+        rsv1,
+        rsv2: false,
+        rsv3: false,
+        opcode,
+        mask: None,
+    };
+    let mut out = Vec::with_capacity(14 + payload.len());
+    header
+        .format(payload.len() as u64, &mut out)
+        .map_err(std::io::Error::other)?;
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// An uncompressed text or binary message as one frame, as [`WsConn::send_data`]
+/// writes it without permessage-deflate.
+pub(crate) fn data_frame(text: bool, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    frame(
+        OpCode::Data(if text { Data::Text } else { Data::Binary }),
+        false,
+        payload,
+    )
 }
 
 /// Compresses one message: raw deflate, sync-flushed, without the 4-byte tail.

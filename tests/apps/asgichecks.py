@@ -214,8 +214,33 @@ async def websocket(scope, receive, send) -> None:
                 _record(scope, {"sent": i + 1})
         _record(scope, {"sent": n, "done": True})
         await _echo_until_disconnect({**scope, "query_string": b"id=flood-end"}, receive, send)
+    elif path == "/ws/sequence":
+        # n messages as fast as send() lets them go, text and binary, small and large
+        # (a large one fills the socket and is written in parts): the client checks
+        # that every byte arrives, in order.
+        n = int(q.get("n", "300"))
+        for i in range(n):
+            await send(_sequence_message(i))
+            if i % 2:
+                # One message in a pass of the loop, then two: a lone message is
+                # written by the I/O thread's dispatcher itself (write_direct in
+                # src/worker/asgi.rs), two in a row go through the connection's task,
+                # so the client sees both paths interleaved.
+                await asyncio.sleep(0)
+        _record(scope, {"sent": n})
+        await _echo_until_disconnect(scope, receive, send)
     else:
         await send({"type": "websocket.close", "code": 4404})
+
+
+def _sequence_message(i: int) -> dict:
+    """The i-th message of /ws/sequence: text "text <i>", or binary: i in 4 bytes,
+    then the byte i % 256 repeated (5 bytes to 23 KB: several fit under the
+    high-water mark, so they go out back to back and some are written in parts)."""
+    if i % 3 == 0:
+        return {"type": "websocket.send", "text": f"text {i}"}
+    size = (1, 1_000, 5, 3_000)[i % 4]
+    return {"type": "websocket.send", "bytes": i.to_bytes(4, "big") + bytes([i % 256]) * size}
 
 
 # --------------------------------------------------------------------------- HTTP
