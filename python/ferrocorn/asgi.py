@@ -208,25 +208,19 @@ class WsCycle(_Paced):
         return self.closed_code is not None
 
     async def receive(self) -> dict:
-        while not self.queue:
+        queue = self.queue
+        while not queue:
             fut = self.waiter = _new_future()
             try:
                 await fut
             finally:
                 self.waiter = None
-        return self.queue.pop(0)
+        return queue.pop(0)
 
     def _wake(self) -> None:
         fut = self.waiter
         if fut is not None and not fut.done():
             fut.set_result(None)
-
-    def on_message(self, text: str | None, data: bytes | None) -> None:
-        if text is not None:
-            self.queue.append({"type": "websocket.receive", "text": text})
-        else:
-            self.queue.append({"type": "websocket.receive", "bytes": data})
-        self._wake()
 
     def on_closed(self, code: int, reason: str) -> None:
         if self.closed_code is None:
@@ -243,6 +237,18 @@ class WsCycle(_Paced):
 
     async def send(self, message: dict) -> None:
         kind = message["type"]
+        # The common case first: a message on an open connection (one message each
+        # way per echo; the checks below cost a WebSocket echo's loop thread time).
+        if kind == "websocket.send" and self.state == "accepted" and self.closed_code is None:
+            text = message.get("text")
+            data = message.get("bytes")
+            if (text is None) == (data is None):
+                raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
+            if data is not None and type(data) is not bytes:
+                data = bytes(data)
+            if not self.conn.ws_send(text, data) and self.closed_code is None:
+                await self._wait_drained()
+            return
         if self.state == "connecting":
             if kind == "websocket.accept":
                 self.conn.ws_accept(message.get("subprotocol"), message.get("headers") or ())
@@ -275,15 +281,7 @@ class WsCycle(_Paced):
             return
         if self.state != "accepted" or self.closed_code is not None:
             raise ClientDisconnected(f"WebSocket closed; cannot send '{kind}'")
-        if kind == "websocket.send":
-            text = message.get("text")
-            data = message.get("bytes")
-            if (text is None) == (data is None):
-                raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
-            ok = self.conn.ws_send(text, None if data is None else bytes(data))
-            if not ok and not self.disconnected:
-                await self._wait_drained()
-        elif kind == "websocket.close":
+        if kind == "websocket.close":
             self.state = "closed"
             self.conn.ws_close(int(message.get("code") or 1000), message.get("reason") or "")
         else:
@@ -483,6 +481,20 @@ class AsgiServer:
                     cycles[conn.id] = cycle
                     run = self._run if self.hooks is None else self._run_hooked
                     cycle.task = loop.create_task(run(cycle))
+            elif kind == 5:
+                # A WebSocket message (checked second: one per message of an echo),
+                # queued for WsCycle.receive, whose waiter is woken.
+                c = cycles.get(ev[1])
+                if c is not None:
+                    text = ev[2]
+                    c.queue.append(  # type: ignore[attr-defined]
+                        {"type": "websocket.receive", "text": text}
+                        if text is not None
+                        else {"type": "websocket.receive", "bytes": ev[3]}
+                    )
+                    fut = c.waiter
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
             elif kind == 1:
                 c = cycles.get(ev[1])
                 if c is not None:
@@ -496,10 +508,6 @@ class AsgiServer:
                 c = cycles.get(ev[1])
                 if c is not None:
                     c.on_drained()
-            elif kind == 5:
-                c = cycles.get(ev[1])
-                if c is not None:
-                    c.on_message(ev[2], ev[3])  # type: ignore[attr-defined]
             elif kind == 6:
                 c = cycles.get(ev[1])
                 if c is not None:
