@@ -276,6 +276,14 @@ def test_access_log(server):
     srv.wait_for_access(r'"GET /scope\?q=1 HTTP/1.1" 200')
 
 
+def test_access_log_response_headers(server):
+    """``%({name}o)s`` finds a response header the app sent, case-insensitively."""
+    fmt = "out=%({X-Pieces}o)s"
+    srv = server([*ASGI, "--access-logfile", "-", "--access-logformat", fmt], "asgiapps:app")
+    srv.request("POST", "/echo", body=b"abc")
+    srv.wait_for_access(r"out=1$")
+
+
 def test_asgi2_app(server):
     srv = server(ASGI, "asgiapps:asgi2")
     assert srv.get("/").json() == {"asgi": {"version": "2.0", "spec_version": "2.3"}}
