@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Userspace instructions per request (or WebSocket message) in one asgi worker,
+# Userspace instructions per request (or WebSocket message) in one worker,
 # counted by callgrind: a measure of a change's CPU cost that the machine's noise
 # does not move (wall-clock A/B runs here vary by 10-20% between identical rounds).
 #
 #   bash benches/instructions.sh http [APP] [CONNECTIONS]   # wrk, default apps:hello_asgi
 #   bash benches/instructions.sh ws [APP] [CONNECTIONS]     # wsload, default apps:ws_echo_asgi
+#   WORKER_ARGS="-k gthread --threads 8" bash benches/instructions.sh http apps:hello
 #
 # The worker runs under callgrind twice, loaded for SHORT and then LONG seconds; the
 # difference between the two runs' totals over the difference in requests served is
@@ -23,6 +24,7 @@ conns=${3:-64}
 short=${SHORT:-3}
 long=${LONG:-10}
 port=${PORT:-8431}
+read -r -a worker_args <<<"${WORKER_ARGS:--k asgi --asgi-loop uvloop}"
 here=$(cd "$(dirname "$0")" && pwd)
 # The interpreter itself, not a wrapper script (pyenv's shim): valgrind must start it.
 python=${PYTHON:-$(python3 -c 'import sys; print(sys.executable)')}
@@ -35,7 +37,7 @@ run() {
     local secs=$1 master worker served total
     (cd "$here" && PYTHONPATH=$here exec valgrind --tool=callgrind \
         --callgrind-out-file="$work/cg.%p" "$python" -m ferrocorn -w 1 \
-        -b "127.0.0.1:$port" -k asgi --asgi-loop uvloop --timeout 300 \
+        -b "127.0.0.1:$port" "${worker_args[@]}" --timeout 300 \
         -p "$work/pid" "$app" >"$work/server.log" 2>&1) &
     local launcher=$!
     for _ in $(seq 600); do

@@ -268,7 +268,7 @@ pub(crate) fn accept_now(l: &Listener) -> io::Result<(IoStream, Peer)> {
             s.set_nodelay(true)?;
             Ok((
                 IoStream::Tcp(tokio::net::TcpStream::from_std(s)?),
-                Peer::Tcp(addr),
+                Peer::tcp(addr),
             ))
         }
         Listener::Unix(l) => {

@@ -116,30 +116,20 @@ struct NewRequest {
     websocket: bool,
 }
 
-/// A connection's peer, with what the scopes need of it worked out once per
-/// connection: for every request, `IpAddr`'s `Display` (the `client` host) was 1.3k
-/// instructions of a hello world's 73k and the `--forwarded-allow-ips` check 0.5k
-/// (callgrind, keep-alive connections).
+/// A connection's peer, with the `--forwarded-allow-ips` check done once per
+/// connection: for every request's scope it was 0.5k instructions of a hello world's
+/// 73k (callgrind, keep-alive connections).
 #[derive(Debug, Clone)]
 struct Client {
     peer: Peer,
-    host: Arc<str>,
     /// The peer is in `--forwarded-allow-ips`: its `X-Forwarded-*` headers count.
     trusted: bool,
 }
 
 impl Client {
     fn new(peer: Peer, trust: &Trust) -> Client {
-        let host = match &peer {
-            Peer::Tcp(addr) => addr.ip().to_string().into(),
-            Peer::Unix => "".into(),
-        };
         let trusted = trust.allows(&peer);
-        Client {
-            peer,
-            host,
-            trusted,
-        }
+        Client { peer, trusted }
     }
 }
 
@@ -836,7 +826,7 @@ impl AsgiWorker {
         let client = intern!(py, "client");
         match (forwarded, &req.client.peer) {
             (Some(host), _) => d.set_item(client, (host, 0))?,
-            (None, Peer::Tcp(addr)) => d.set_item(client, (&*req.client.host, addr.port()))?,
+            (None, Peer::Tcp { addr, host }) => d.set_item(client, (&**host, addr.port()))?,
             (None, Peer::Unix) => d.set_item(client, py.None())?,
         }
         match self.servers.get(req.listener).and_then(Option::as_ref) {
@@ -884,7 +874,7 @@ fn forwarded_client(head: &RequestHead, trust: &Trust) -> Option<String> {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| trust.allows(&Peer::Tcp(std::net::SocketAddr::new(ip, 0))));
+            .is_ok_and(|ip| trust.allows_ip(&ip));
         if !trusted {
             return Some((*h).to_owned());
         }
@@ -1036,10 +1026,10 @@ impl Conn {
         let head = &inner.head;
         let (raw_path, query, _) = head.split_target();
         let decoded = String::from_utf8_lossy(&percent_decode(raw_path)).into_owned();
-        let remote = inner.peer.ip().map(|i| i.to_string()).unwrap_or_default();
+        let remote = inner.peer.host();
         let env = |_: &str| None;
         log.write(&Record {
-            remote_addr: &remote,
+            remote_addr: remote,
             method: &head.method,
             raw_uri: &head.target,
             path: &decoded,
@@ -1803,7 +1793,7 @@ async fn serve_conn(shared: &Arc<Shared>, mut io: IoStream, peer: Peer, listener
             HeadRead::Closed => return,
             HeadRead::Invalid(err) => {
                 if err.wants_response() {
-                    let ip = &client.host;
+                    let ip = client.peer.host();
                     shared.log("warning", format!("Invalid request from ip={ip}: {err}"));
                     let _ = io.write_all(&err.to_response()).await;
                 }

@@ -354,7 +354,7 @@ impl GthreadWorker {
             });
             handlers.push(Handler {
                 app: app.clone_ref(py),
-                environ: EnvironBuilder::new(base_environ.clone_ref(py), opts.env),
+                environ: EnvironBuilder::new(base_environ.bind(py), opts.env)?,
                 access: opts.access,
                 log: log.clone_ref(py),
                 limits: opts.limits,
@@ -955,7 +955,7 @@ async fn serve_conn(
             HeadRead::Head(h) => h,
             HeadRead::Closed => return,
             HeadRead::Invalid(err) => {
-                let ip = peer.ip().map(|i| i.to_string()).unwrap_or_default();
+                let ip = peer.host();
                 if err.wants_response() {
                     ctx.shared
                         .log("warning", format!("Invalid request from ip={ip}: {err}"));

@@ -197,7 +197,7 @@ impl SyncWorker {
         }
         let handler = Handler {
             app,
-            environ: EnvironBuilder::new(base_environ, opts.env),
+            environ: EnvironBuilder::new(base_environ.bind(listeners.py()), opts.env)?,
             access: opts.access,
             log: log.clone_ref(listeners.py()),
             limits: opts.limits,

@@ -159,7 +159,7 @@ impl Handler {
 
     /// Answers a request that failed before the app ran, gunicorn style.
     pub fn reject(&self, py: Python<'_>, conn: &SharedConn, peer: &Peer, err: &HttpError) {
-        let ip = peer.ip().map(|i| i.to_string()).unwrap_or_default();
+        let ip = peer.host();
         if !err.wants_response() {
             self.log_msg(
                 py,
@@ -333,7 +333,7 @@ impl Handler {
             let (path, query, _) = head.split_target();
             let decoded_path = crate::http::percent_decode(path);
             let decoded_path: String = decoded_path.iter().map(|&b| char::from(b)).collect();
-            let remote = peer.ip().map(|i| i.to_string()).unwrap_or_default();
+            let remote = peer.host();
             // gunicorn lower-cases `{var}e` names and matches them case-insensitively.
             let env_lookup = |k: &str| -> Option<String> {
                 let value = match environ.get_item(k).ok().flatten() {
@@ -348,7 +348,7 @@ impl Handler {
                 value.and_then(|v| v.str().ok().map(|s| s.to_string()))
             };
             log.write(&Record {
-                remote_addr: &remote,
+                remote_addr: remote,
                 method: &head.method,
                 raw_uri: &head.target,
                 path: &decoded_path,
