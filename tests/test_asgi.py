@@ -87,6 +87,16 @@ def test_http10(asgi_server):
     assert r.json()["http_version"] == "1.0"
 
 
+def test_one_request_does_not_leak_into_the_next_scope(asgi_server):
+    """Scopes start as copies of one per-worker dict (src/worker/asgi.rs,
+    scope_base): what one request sets must not show in the next."""
+    odd = asgi_server.get("/scope?x=1", version="HTTP/1.0",
+                          headers={"X-Forwarded-Proto": "https"}).json()
+    assert (odd["http_version"], odd["scheme"], odd["query_string"]) == ("1.0", "https", "x=1")
+    plain = asgi_server.get("/scope").json()
+    assert (plain["http_version"], plain["scheme"], plain["query_string"]) == ("1.1", "http", "")
+
+
 def test_head_has_no_body(asgi_server, helpers):
     raw = asgi_server.raw(helpers.build_request("HEAD", "/stream"))
     r = helpers.final_response(raw, "HEAD")

@@ -496,7 +496,9 @@ pub struct AsgiWorker {
     setup: Mutex<Option<Setup>>,
     servers: Vec<ServerAddr>,
     log: Py<PyAny>,
-    asgi: Py<PyDict>,
+    /// What every scope starts as a copy of, for HTTP (`[0]`) and WebSocket (`[1]`):
+    /// see [`scope_base`].
+    scope_base: [Py<PyDict>; 2],
     state: Mutex<Option<Py<PyDict>>>,
     io: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -583,12 +585,17 @@ impl AsgiWorker {
             flush_ready: tokio::sync::Notify::new(),
             flusher: std::sync::OnceLock::new(),
         };
+        let root = opts.env.script_name.as_str();
+        let scope_base = [
+            scope_base(py, false, &asgi, root)?,
+            scope_base(py, true, &asgi, root)?,
+        ];
         Ok(AsgiWorker {
             shared: Arc::new(shared),
             setup: Mutex::new(Some(Setup { listeners: ls })),
             servers,
             log,
-            asgi,
+            scope_base,
             state: Mutex::new(None),
             io: Mutex::new(None),
         })
@@ -745,29 +752,21 @@ impl AsgiWorker {
         // (py-spy --native: unicode_decode_utf8 under events()).
         use pyo3::intern;
         let head = &req.head;
-        let d = PyDict::new(py);
-        let kind = if req.websocket {
-            intern!(py, "websocket")
-        } else {
-            intern!(py, "http")
-        };
-        d.set_item(intern!(py, "type"), kind)?;
-        d.set_item(intern!(py, "asgi"), self.asgi.bind(py))?;
-        let version = match head.version {
-            Version::Http10 => intern!(py, "1.0"),
-            Version::Http11 => intern!(py, "1.1"),
-        };
-        d.set_item(intern!(py, "http_version"), version)?;
+        // `type`, `asgi`, `root_path` and the usual `http_version` and `scheme` come
+        // with the copy.
+        let d = self.scope_base[usize::from(req.websocket)]
+            .bind(py)
+            .copy()?;
+        if head.version == Version::Http10 {
+            d.set_item(intern!(py, "http_version"), intern!(py, "1.0"))?;
+        }
         let trusted = req.client.trusted;
         let proto = if trusted { forwarded_proto(head) } else { None };
         let https = proto.is_some_and(|p| p == "https" || p == "wss");
         if req.websocket {
-            let scheme = if https {
-                intern!(py, "wss")
-            } else {
-                intern!(py, "ws")
-            };
-            d.set_item(intern!(py, "scheme"), scheme)?;
+            if https {
+                d.set_item(intern!(py, "scheme"), intern!(py, "wss"))?;
+            }
             let protos: Vec<String> = head
                 .headers
                 .iter()
@@ -783,12 +782,9 @@ impl AsgiWorker {
             d.set_item(intern!(py, "subprotocols"), protos)?;
         } else {
             d.set_item(intern!(py, "method"), method_str(py, &head.method))?;
-            let scheme = if https {
-                intern!(py, "https")
-            } else {
-                intern!(py, "http")
-            };
-            d.set_item(intern!(py, "scheme"), scheme)?;
+            if https {
+                d.set_item(intern!(py, "scheme"), intern!(py, "https"))?;
+            }
         }
         let (raw_path, query, _) = head.split_target();
         let decoded = percent_decode(raw_path);
@@ -796,10 +792,8 @@ impl AsgiWorker {
         let root = &self.shared.cfg.root_path;
         if root.is_empty() {
             d.set_item(intern!(py, "path"), path.as_ref())?;
-            d.set_item(intern!(py, "root_path"), intern!(py, ""))?;
         } else {
             d.set_item(intern!(py, "path"), format!("{root}{path}"))?;
-            d.set_item(intern!(py, "root_path"), root)?;
         }
         d.set_item(
             intern!(py, "raw_path"),
@@ -849,6 +843,55 @@ impl AsgiWorker {
 }
 
 /// `X-Forwarded-Proto` when it names a known scheme (uvicorn's proxy-headers rule).
+/// The dict every scope of a kind starts as a copy of: the keys in the order
+/// `AsgiWorker::scope` fills them (as uvicorn's), the constant values (`type`,
+/// `asgi`, `root_path`, and `http_version` 1.1 and an unforwarded `scheme` until a
+/// request says otherwise) and a placeholder for each per-request key. The copy has
+/// every slot already, so filling it replaces values: a fresh dict grew twice on the
+/// way and took an insertion per key (callgrind, hello world: see docs/benchmarks.md).
+fn scope_base(
+    py: Python<'_>,
+    websocket: bool,
+    asgi: &Py<PyDict>,
+    root: &str,
+) -> PyResult<Py<PyDict>> {
+    use pyo3::intern;
+    let d = PyDict::new(py);
+    let none = py.None();
+    if websocket {
+        d.set_item(intern!(py, "type"), intern!(py, "websocket"))?;
+    } else {
+        d.set_item(intern!(py, "type"), intern!(py, "http"))?;
+    }
+    d.set_item(intern!(py, "asgi"), asgi.bind(py))?;
+    d.set_item(intern!(py, "http_version"), intern!(py, "1.1"))?;
+    if websocket {
+        d.set_item(intern!(py, "scheme"), intern!(py, "ws"))?;
+        d.set_item(intern!(py, "subprotocols"), &none)?;
+    } else {
+        d.set_item(intern!(py, "scheme"), intern!(py, "http"))?;
+        d.set_item(intern!(py, "method"), &none)?;
+    }
+    d.set_item(intern!(py, "path"), &none)?;
+    if root.is_empty() {
+        d.set_item(intern!(py, "root_path"), intern!(py, ""))?;
+    } else {
+        d.set_item(intern!(py, "root_path"), root)?;
+    }
+    for key in [
+        intern!(py, "raw_path"),
+        intern!(py, "query_string"),
+        intern!(py, "headers"),
+        intern!(py, "client"),
+        intern!(py, "server"),
+        intern!(py, "state"),
+        intern!(py, "extensions"),
+    ] {
+        d.set_item(key, &none)?;
+    }
+    Ok(d.unbind())
+}
+
 fn forwarded_proto(head: &RequestHead) -> Option<&'static str> {
     let v = head.header("x-forwarded-proto")?;
     let v = String::from_utf8_lossy(v).trim().to_ascii_lowercase();
