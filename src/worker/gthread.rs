@@ -369,9 +369,7 @@ impl GthreadWorker {
         let cfg = cfg.ok_or_else(|| PyValueError::new_err("threads must be positive"))?;
         let mut ls = Vec::new();
         for l in inherited_listeners(listeners)? {
-            let info = ListenerInfo {
-                server: l.server_name_port(),
-            };
+            let info = ListenerInfo::new(py, &l);
             ls.push((l, info));
         }
         let (notify_w, notify_r) =

@@ -190,9 +190,7 @@ impl SyncWorker {
         let opts = Options::from_dict(options)?;
         let mut ls = Vec::new();
         for l in inherited_listeners(listeners)? {
-            let info = ListenerInfo {
-                server: l.server_name_port(),
-            };
+            let info = ListenerInfo::new(listeners.py(), &l);
             ls.push((l, info));
         }
         let handler = Handler {

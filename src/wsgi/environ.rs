@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
@@ -153,8 +154,22 @@ pub struct EnvironConfig {
 /// Per-listener facts the environ needs.
 #[derive(Debug, Clone)]
 pub struct ListenerInfo {
-    /// `SERVER_NAME` and `SERVER_PORT` for TCP listeners.
-    pub server: Option<(String, String)>,
+    /// `SERVER_NAME` and `SERVER_PORT` for TCP listeners, as the Python strings every
+    /// request's environ shares (not two `String`s cloned and converted per request).
+    pub server: Option<Arc<(Py<PyString>, Py<PyString>)>>,
+}
+
+impl ListenerInfo {
+    pub fn new(py: Python<'_>, listener: &crate::net::Listener) -> ListenerInfo {
+        ListenerInfo {
+            server: listener.server_name_port().map(|(name, port)| {
+                Arc::new((
+                    PyString::new(py, &name).unbind(),
+                    PyString::new(py, &port).unbind(),
+                ))
+            }),
+        }
+    }
 }
 
 /// Builds environ dicts; one per worker.
@@ -316,8 +331,11 @@ impl EnvironBuilder {
         }
 
         let (server_name, server_port) = match &listener.server {
-            Some((n, p)) => (n.clone(), p.clone()),
-            None => host_to_server(host, url_scheme),
+            Some(server) => (server.0.bind(py).clone(), server.1.bind(py).clone()),
+            None => {
+                let (n, p) = host_to_server(host, url_scheme);
+                (PyString::new(py, &n), PyString::new(py, &p))
+            }
         };
 
         // Common values interned: building each from UTF-8 per request showed up in
