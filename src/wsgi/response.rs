@@ -181,12 +181,13 @@ impl Response {
                     "Invalid HTTP header value for {name:?}"
                 )));
             }
-            let value = value.trim_matches([' ', '\t']).to_owned();
-            let lower = name.to_ascii_lowercase();
-            if DROPPED_HEADERS.contains(&lower.as_str()) {
+            // Compared in place: a lowercased copy of every name was an allocation
+            // per header of every response.
+            if DROPPED_HEADERS.iter().any(|d| name.eq_ignore_ascii_case(d)) {
                 continue;
             }
-            if lower == "content-length" {
+            let value = value.trim_matches([' ', '\t']).to_owned();
+            if name.eq_ignore_ascii_case("content-length") {
                 content_length = Some(value.parse::<u64>().map_err(|_| {
                     PyValueError::new_err(format!("Invalid Content-Length {value:?}"))
                 })?);
