@@ -21,4 +21,4 @@ pub use body::{Decoded, Decoder};
 pub use error::HttpError;
 pub use parse::{parse_head, BodyKind, Limits, RequestHead, Version};
 pub use parse::{percent_decode, HeadParser};
-pub use response::{error_response, http_date_now, reason_phrase, write_http_date};
+pub use response::{error_response, reason_phrase, write_http_date};

@@ -50,12 +50,34 @@ fn prefix_match(a: &[u8], b: &[u8], bits: u8) -> bool {
     (a[full] & mask) == (b[full] & mask)
 }
 
-fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+/// An address's bytes (an IPv4-mapped IPv6 address as its IPv4 form), on the stack:
+/// a `Vec` here was three allocations per request for the default two-entry list.
+struct IpBytes {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl std::ops::Deref for IpBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+fn ip_bytes(ip: &IpAddr) -> IpBytes {
+    let v4 = |v4: std::net::Ipv4Addr| {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&v4.octets());
+        IpBytes { bytes, len: 4 }
+    };
     match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.octets().to_vec(),
-            None => v6.octets().to_vec(),
+        IpAddr::V4(a) => v4(*a),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(mapped) => v4(mapped),
+            None => IpBytes {
+                bytes: a.octets(),
+                len: 16,
+            },
         },
     }
 }

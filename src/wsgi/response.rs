@@ -14,7 +14,7 @@ use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 
-use crate::http::response::{http_date_now, reason_phrase};
+use crate::http::response::{reason_phrase, write_http_date};
 use crate::http::Version;
 use crate::wsgi::io::{lock, upgrade, ConnRef, SharedConn};
 
@@ -263,7 +263,7 @@ impl Response {
         head.push(b' ');
         head.extend_from_slice(self.status.as_bytes());
         head.extend_from_slice(b"\r\nServer: ferrocorn\r\nDate: ");
-        head.extend_from_slice(http_date_now().as_bytes());
+        write_http_date(&mut head);
         head.extend_from_slice(if keep_alive {
             b"\r\nConnection: keep-alive\r\n".as_slice()
         } else {
