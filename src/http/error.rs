@@ -279,6 +279,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn latin1_maps_each_byte_to_one_char() {
+        assert_eq!(latin1(b"GET /a?b=c"), "GET /a?b=c");
+        assert_eq!(latin1(b"caf\xe9 \x80\xff"), "caf\u{e9} \u{80}\u{ff}");
+        assert_eq!(latin1(b""), "");
+    }
+
+    #[test]
     fn statuses_and_reasons_follow_gunicorn_27() {
         let cases: Vec<(HttpError, u16, &str)> = vec![
             (
