@@ -416,9 +416,10 @@ def test_send_is_paced_by_a_client_that_does_not_read(ws_server):
 
 def test_messages_arrive_whole_and_in_order_under_backpressure(ws_server):
     """Text and binary, small and large messages sent as fast as send() allows, to a
-    client that reads slowly and pings meanwhile: a message written straight from
-    the dispatcher must never overtake, or land inside, one the connection's task is
-    still writing (src/worker/asgi.rs, write_direct)."""
+    client that reads slowly and pings meanwhile, arrive whole and in order, whether
+    the dispatcher wrote them (write_direct in src/worker/asgi.rs) or the connection's
+    task did. The rule that keeps a direct write from overtaking a queued message is
+    tested beside write_direct: this end-to-end run did not catch its removal."""
     n = 5_000
     # A small receive window: the server's writes keep waiting for this client.
     sock = socket.socket()

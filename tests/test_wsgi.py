@@ -58,6 +58,7 @@ def test_environ_basics(app_server, worker_class):
     assert e["HTTP_HOST"] == "127.0.0.1"
     assert e["wsgi.url_scheme"] == "http"
     assert e["wsgi.version"] == [1, 0]
+    assert e["none_keys"] == []
     assert e["wsgi.multithread"] is (worker_class == "gthread")
     assert e["wsgi.multiprocess"] is True  # --workers 2
     assert e["wsgi.run_once"] is False

@@ -18,10 +18,11 @@ use pyo3::types::{PyDict, PyString};
 use crate::http::{percent_decode, HttpError, RequestHead};
 use crate::net::Peer;
 
-/// One `forwarded_allow_ips` entry: an address and its prefix length in bits.
+/// One `forwarded_allow_ips` entry: an address (its bytes, worked out once) and its
+/// prefix length in bits.
 #[derive(Debug, Clone)]
 pub struct Network {
-    addr: IpAddr,
+    addr: IpBytes,
     bits: u8,
 }
 
@@ -52,6 +53,7 @@ fn prefix_match(a: &[u8], b: &[u8], bits: u8) -> bool {
 
 /// An address's bytes (an IPv4-mapped IPv6 address as its IPv4 form), on the stack:
 /// a `Vec` here was three allocations per request for the default two-entry list.
+#[derive(Debug, Clone)]
 struct IpBytes {
     bytes: [u8; 16],
     len: usize,
@@ -116,7 +118,10 @@ impl Trust {
                     .ok_or_else(|| format!("{raw:?} has an invalid prefix length"))?,
                 None => max,
             };
-            out.push(Network { addr: ip, bits });
+            out.push(Network {
+                addr: ip_bytes(&ip),
+                bits,
+            });
         }
         Ok(Trust::Listed(out))
     }
@@ -136,8 +141,7 @@ impl Trust {
             Trust::All => true,
             Trust::Listed(list) => {
                 let pb = ip_bytes(ip);
-                list.iter()
-                    .any(|n| prefix_match(&ip_bytes(&n.addr), &pb, n.bits))
+                list.iter().any(|n| prefix_match(&n.addr, &pb, n.bits))
             }
         }
     }

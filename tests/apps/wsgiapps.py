@@ -78,6 +78,9 @@ def echo(environ, start_response):
     data["wsgi.version"] = list(environ.get("wsgi.version", ()))
     data["has_file_wrapper"] = "wsgi.file_wrapper" in environ
     data["SERVER_SOFTWARE"] = environ.get("SERVER_SOFTWARE")
+    # The environ starts from a base holding placeholders (src/wsgi/environ.rs): every
+    # one must have been filled.
+    data["none_keys"] = sorted(k for k, v in environ.items() if v is None)
     return _json_response(start_response, data)
 
 
