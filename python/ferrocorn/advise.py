@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import math
 import os
@@ -966,8 +967,14 @@ def http_snapshot(url: str, timeout: float = 5.0) -> dict[str, Any]:
     """One ``/stats`` snapshot from a --stats-bind address."""
     from urllib.request import urlopen
 
-    with urlopen(url.rstrip("/") + "/stats", timeout=timeout) as r:
-        data = json.loads(r.read())
+    try:
+        with urlopen(url.rstrip("/") + "/stats", timeout=timeout) as r:
+            data = json.loads(r.read())
+    except http.client.HTTPException as e:
+        # A server that dies while answering (an app that failed to load, seen in CI)
+        # cuts the reply short: IncompleteRead, not an OSError. Callers treat both as
+        # the server not answering.
+        raise ConnectionError(f"{type(e).__name__}: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{url}/stats answered something other than a snapshot")
     return data

@@ -4,6 +4,8 @@ synthetic measurements, and the helpers that read the scoreboard's numbers."""
 from __future__ import annotations
 
 import math
+import socket
+import threading
 
 import pytest
 from ferrocorn.advise import (
@@ -14,6 +16,7 @@ from ferrocorn.advise import (
     Measurement,
     Window,
     busy_share,
+    http_snapshot,
     in_flight_per_core,
     memory_growth,
     quantile,
@@ -271,3 +274,27 @@ def test_gil_contention_is_weighed_by_the_requests_each_worker_served():
 def test_asgi_servers_are_refused():
     with pytest.raises(AdviseError, match="-k asgi"):
         recommend(measure(cpu_ms=1, io_ms=1, worker_class="asgi"))
+
+
+def test_a_snapshot_cut_short_is_a_connection_error():
+    """A server that dies mid-reply (an app that failed to load) must read as 'not
+    answering' (OSError), not escape as http.client.IncompleteRead: `ferrocorn advise`
+    then prints one error line instead of a traceback."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def answer_half() -> None:
+        conn, _ = srv.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+        conn.close()
+
+    t = threading.Thread(target=answer_half)
+    t.start()
+    try:
+        with pytest.raises(ConnectionError):
+            http_snapshot(f"http://127.0.0.1:{srv.getsockname()[1]}", timeout=5)
+    finally:
+        t.join()
+        srv.close()
