@@ -322,6 +322,20 @@ def test_lifespan_state_reaches_requests(server, tmp_path):
     assert "Application shutdown complete." in srv.log()
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_request_tasks_fresh_context_and_task_factory(server, loop):
+    """Every request runs in its own task, with a fresh copy of the context (a variable
+    one request set is not there in the next one on the same connection, as under
+    uvicorn), made by the task factory the app installed in its lifespan startup."""
+    srv = server([*ASGI, "--asgi-loop", loop], "asgiapps:task_context")
+    with httpx.Client(base_url=srv.url) as client:
+        first = client.get("/one").json()
+        second = client.get("/two").json()
+    assert first["port"] == second["port"]  # the same keep-alive connection
+    assert first == {"seen": None, "from_factory": True, "port": first["port"]}
+    assert second == {"seen": None, "from_factory": True, "port": first["port"]}
+
+
 def test_lifespan_auto_unsupported_keeps_serving(asgi_server):
     asgi_server.wait_for_log("ASGI 'lifespan' protocol appears unsupported.")
     assert asgi_server.get("/").status == 200

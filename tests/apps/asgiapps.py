@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
+import weakref
 
 
 async def _json(send, obj, status=200, headers=()):
@@ -230,6 +232,37 @@ def _lifespan_app(fail=False, fail_raise=False):
 lifespan = _lifespan_app()
 lifespan_fails = _lifespan_app(fail=True)
 lifespan_raises = _lifespan_app(fail_raise=True)
+
+
+_REQUEST_VAR: contextvars.ContextVar[str | None] = contextvars.ContextVar("request", default=None)
+_FACTORY_TASKS: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
+
+
+async def task_context(scope, receive, send):
+    """Sets a context variable in every request and reports the value it found there
+    first, and whether its task came from the task factory its lifespan installs."""
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+
+                def factory(loop, coro, **kwargs):
+                    task = asyncio.Task(coro, loop=loop, **kwargs)
+                    _FACTORY_TASKS.add(task)
+                    return task
+
+                asyncio.get_running_loop().set_task_factory(factory)
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    seen = _REQUEST_VAR.get()
+    _REQUEST_VAR.set(scope["path"])
+    task = asyncio.current_task()
+    await _json(
+        send,
+        {"seen": seen, "from_factory": task in _FACTORY_TASKS, "port": scope["client"][1]},
+    )
 
 
 def make_fastapi():
