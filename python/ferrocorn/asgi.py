@@ -465,7 +465,7 @@ class AsgiServer:
         loop = asyncio.get_running_loop()
         core = self.core
         if core is not None:
-            core.heartbeat()
+            core.heartbeat(self.cycles)
             if os.getppid() != self.worker.ppid and self.worker.alive:
                 self.log.info("Parent changed, shutting down: %s", os.getpid())
                 self.worker.alive = False
