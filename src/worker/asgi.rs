@@ -21,7 +21,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -29,7 +29,7 @@ use nix::sys::signal::{pthread_sigmask, SigmaskHow};
 use nix::sys::socket::MsgFlags;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::http::parse::is_tchar;
@@ -123,12 +123,19 @@ struct Client {
     peer: Peer,
     /// The peer is in `--forwarded-allow-ips`: its `X-Forwarded-*` headers count.
     trusted: bool,
+    /// The scope's `client` for the peer, `(host, port)`, made by the connection's
+    /// first request and shared by the rest (a tuple is immutable).
+    scope_client: Arc<OnceLock<Py<PyTuple>>>,
 }
 
 impl Client {
     fn new(peer: Peer, trust: &Trust) -> Client {
         let trusted = trust.allows(&peer);
-        Client { peer, trusted }
+        Client {
+            peer,
+            trusted,
+            scope_client: Arc::default(),
+        }
     }
 }
 
@@ -308,7 +315,7 @@ struct Shared {
     /// Tells the I/O thread's dispatcher that `outbox` has a batch.
     flush_ready: tokio::sync::Notify,
     /// `loop.call_soon(core.flush)`, set by the loop once it runs.
-    flusher: std::sync::OnceLock<Py<PyAny>>,
+    flusher: OnceLock<Py<PyAny>>,
 }
 
 impl Shared {
@@ -578,7 +585,7 @@ impl AsgiWorker {
             outbox: Mutex::new(Vec::new()),
             flush_armed: AtomicBool::new(false),
             flush_ready: tokio::sync::Notify::new(),
-            flusher: std::sync::OnceLock::new(),
+            flusher: OnceLock::new(),
         };
         let root = opts.env.script_name.as_str();
         let scope_base = [
@@ -806,10 +813,12 @@ impl AsgiWorker {
         )?;
         let headers = PyList::empty(py);
         for (name, value) in &head.headers {
-            let lower = name.to_ascii_lowercase();
             headers.append(PyTuple::new(
                 py,
-                [PyBytes::new(py, lower.as_bytes()), PyBytes::new(py, value)],
+                [
+                    lowercase_bytes(py, name.as_bytes())?,
+                    PyBytes::new(py, value),
+                ],
             )?)?;
         }
         d.set_item(intern!(py, "headers"), headers)?;
@@ -821,7 +830,23 @@ impl AsgiWorker {
         let client = intern!(py, "client");
         match (forwarded, &req.client.peer) {
             (Some(host), _) => d.set_item(client, (host, 0))?,
-            (None, Peer::Tcp { addr, host }) => d.set_item(client, (&**host, addr.port()))?,
+            (None, Peer::Tcp { addr, host }) => {
+                let tuple = match req.client.scope_client.get() {
+                    Some(t) => t.bind(py).clone(),
+                    None => {
+                        let t = PyTuple::new(
+                            py,
+                            [
+                                PyString::new(py, host).into_any(),
+                                addr.port().into_pyobject(py)?.into_any(),
+                            ],
+                        )?;
+                        let _ = req.client.scope_client.set(t.clone().unbind());
+                        t
+                    }
+                };
+                d.set_item(client, tuple)?
+            }
             (None, Peer::Unix) => d.set_item(client, py.None())?,
         }
         match self.servers.get(req.listener).and_then(Option::as_ref) {
@@ -841,6 +866,17 @@ impl AsgiWorker {
         d.set_item(intern!(py, "extensions"), ext)?;
         Ok(d)
     }
+}
+
+/// A header name as the scope's lowercase `bytes`, written straight into the new
+/// object rather than lowercased into a `String` first (an allocation per header).
+fn lowercase_bytes<'py>(py: Python<'py>, name: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, name.len(), |out| {
+        for (o, b) in out.iter_mut().zip(name) {
+            *o = b.to_ascii_lowercase();
+        }
+        Ok(())
+    })
 }
 
 /// "METHOD /path" and start (CLOCK_MONOTONIC ms) of the first request among `cycles`
