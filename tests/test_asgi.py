@@ -327,6 +327,8 @@ def test_request_tasks_fresh_context_and_task_factory(server, loop):
     """Every request runs in its own task, with a fresh copy of the context (a variable
     one request set is not there in the next one on the same connection, as under
     uvicorn), made by the task factory the app installed in its lifespan startup."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")  # optional: not in requirements-test.txt
     srv = server([*ASGI, "--asgi-loop", loop], "asgiapps:task_context")
     with httpx.Client(base_url=srv.url) as client:
         first = client.get("/one").json()
