@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 
 import httpx
@@ -278,6 +279,30 @@ def test_concurrent_sleeps_share_one_worker(asgi_server):
                          range(20)))
     assert all(r.status_code == 200 for r in rs)
     assert time.monotonic() - t0 < 5
+
+
+def test_a_burst_larger_than_a_pass_is_all_served(server, helpers):
+    """The loop takes the I/O thread's events at most 64 a pass. 300 requests that
+    arrive while the loop is blocked are one queue of 300: every one is answered (the
+    rest of a pass must wake the loop again; nothing else would, every client waits)."""
+    srv = server([*ASGI, "-w", "1", "--asgi-lifespan", "off"], "asgiapps:app")
+    blocker = threading.Thread(target=lambda: srv.get("/block?2"))
+    blocker.start()
+    socks = []
+    try:
+        srv.wait_for_log("blocking the event loop")
+        for i in range(300):
+            s = helpers.connect(srv.address)
+            s.sendall(helpers.build_request("GET", f"/scope/{i}"))
+            socks.append(s)
+        for i, s in enumerate(socks):
+            r, _ = _recv_response(s, helpers)
+            assert r.status == 200
+            assert r.json()["path"] == f"/scope/{i}"
+    finally:
+        for s in socks:
+            s.close()
+        blocker.join()
 
 
 def test_access_log(server):

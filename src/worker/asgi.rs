@@ -710,7 +710,11 @@ impl AsgiWorker {
         // One read resets the counter (EAGAIN when a previous pass already did).
         let _ = self.shared.wake.read();
         self.shared.notified.store(false, Ordering::SeqCst);
-        let evs = std::mem::take(&mut *lock(&self.shared.events));
+        let (evs, more) = take_batch(&mut lock(&self.shared.events), EVENTS_PER_PASS);
+        if more && !self.shared.notified.swap(true, Ordering::SeqCst) {
+            // The rest waits for the loop's next pass: wake it for that.
+            let _ = self.shared.wake.write(1);
+        }
         let out = PyList::empty(py);
         for ev in evs {
             match ev {
@@ -865,6 +869,28 @@ impl AsgiWorker {
         }
         d.set_item(intern!(py, "extensions"), ext)?;
         Ok(d)
+    }
+}
+
+/// At most this many events per pass of the loop (see [`take_batch`]).
+const EVENTS_PER_PASS: usize = 64;
+
+/// The first `max` events of the queue, and whether any are left for the next pass.
+/// A pass builds every new request's scope and task, then runs the tasks, then
+/// flushes their responses to the I/O thread, so the I/O thread waits for the whole
+/// pass. At 512 connections a pass took about 140 requests (perf: 0.007 loop wake-ups
+/// per request), whose objects no longer sat in the caches when their tasks ran;
+/// in passes of at most 64 the I/O thread writes one part's responses while the
+/// loop works on the next. One worker, hello world, 512 connections: 52-64k -> 77k
+/// req/s and 15.7-20.6 -> 13.5-13.7 µs of CPU a request; two workers: 80-82k ->
+/// 82-86k req/s, 15.9-16.7 -> 14.8-15.9 µs; 64 connections (passes under 64)
+/// unchanged.
+fn take_batch<T>(queue: &mut Vec<T>, max: usize) -> (Vec<T>, bool) {
+    if queue.len() > max {
+        let rest = queue.split_off(max);
+        (std::mem::replace(queue, rest), true)
+    } else {
+        (std::mem::take(queue), false)
     }
 }
 
@@ -2408,6 +2434,25 @@ mod tests {
             Ok(Some((h, _))) => h,
             other => panic!("unparsed: {other:?}"),
         }
+    }
+
+    #[test]
+    fn events_are_taken_in_passes_of_at_most_max() {
+        let mut q: Vec<u32> = (0..150).collect();
+        let (first, more) = take_batch(&mut q, 64);
+        assert_eq!(first, (0..64).collect::<Vec<_>>());
+        assert!(more);
+        assert_eq!(q, (64..150).collect::<Vec<_>>());
+        q.push(150); // arrives meanwhile: behind the rest, order kept
+        let (second, more) = take_batch(&mut q, 64);
+        assert_eq!(second, (64..128).collect::<Vec<_>>());
+        assert!(more);
+        let (third, more) = take_batch(&mut q, 64);
+        assert_eq!(third, (128..151).collect::<Vec<_>>());
+        assert!(!more);
+        assert!(q.is_empty());
+        let (none, more) = take_batch(&mut q, 64);
+        assert!(none.is_empty() && !more);
     }
 
     #[test]

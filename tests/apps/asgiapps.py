@@ -164,8 +164,10 @@ async def app(scope, receive, send):
         await asyncio.sleep(float(scope["query_string"] or b"0.5"))
         await _json(send, {"slept": True})
     elif path == "/block":
+        import sys
         import time
 
+        print("blocking the event loop", file=sys.stderr, flush=True)
         time.sleep(float(scope["query_string"] or b"60"))
         await _json(send, {"blocked": True})
     elif path == "/close":
