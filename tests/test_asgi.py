@@ -556,6 +556,28 @@ def test_ws_echo_text_and_binary(asgi_server):
     assert _close_code(payload)[0] == 1000
 
 
+def test_ws_send_takes_any_mapping_and_bytes_like(asgi_server):
+    """send()'s fast path covers plain dicts of str or bytes; everything else a uvicorn
+    app may send (bytearray, memoryview, another Mapping, a None text beside the bytes)
+    goes out all the same, and malformed messages raise the same errors."""
+    c = WsClient(asgi_server.address, "/ws/echo")
+    assert c.status == 101
+    c.send_frame(1, b"send-kinds")
+    assert [c.recv_frame() for _ in range(6)] == [
+        (2, b"bytearray"),
+        (2, b"memoryview"),
+        (1, b"mapping"),
+        (2, b"text-none"),
+        (1, b"RuntimeError: websocket.send needs exactly one of 'text' and 'bytes'"),
+        (1, b"TypeError"),
+    ]
+    # The connection is still open and echoing.
+    c.send_frame(1, b"still here")
+    assert c.recv_frame() == (1, b"still here")
+    c.close(1000)
+    assert c.recv_frame()[0] == 8
+
+
 def test_ws_scope_and_subprotocol(asgi_server):
     c = WsClient(asgi_server.address, "/ws/scope?a=b", subprotocols=["chat", "other"])
     assert c.status == 101

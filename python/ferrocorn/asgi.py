@@ -197,15 +197,19 @@ class ClientDisconnected(OSError):
 class WsCycle(_Paced):
     """One WebSocket connection: ``websocket.connect``, messages, ``disconnect``."""
 
-    __slots__ = ("closed_code", "conn", "queue", "scope", "state", "task", "waiter")
+    __slots__ = ("closed_code", "conn", "open", "queue", "scope", "state", "task", "waiter")
 
     def __init__(self, conn: Any, scope: dict) -> None:
         self.conn = conn
         self.scope = scope
+        # Messages nobody is waiting for yet; a waiting receive() gets its message
+        # handed to its future instead (the loop's _on_events, kind 5).
         self.queue: list[dict] = [{"type": "websocket.connect"}]
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter: asyncio.Future[dict] | None = None
         self.drain = None
         self.state = "connecting"  # accepted, closed (by the app), rejected
+        # Accepted and not closed either way: send()'s fast path.
+        self.open = False
         self.closed_code: int | None = None  # set once the connection is gone
         self.task: asyncio.Task[None] | None = None
 
@@ -214,26 +218,34 @@ class WsCycle(_Paced):
         return self.closed_code is not None
 
     async def receive(self) -> dict:
-        queue = self.queue
-        while not queue:
-            # One per message of an echo: made here, not through _new_future().
-            fut = self.waiter = Future(loop=_LOOP)
-            try:
-                await fut
-            finally:
-                self.waiter = None
-        return queue.pop(0)
+        if self.queue:
+            return self.queue.pop(0)
+        # One per message of an echo: made here, not through _new_future().
+        fut = self.waiter = Future(loop=_LOOP)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # Cancelled after its message was handed over but before this task ran
+            # again: the message stays first for the next receive() (an
+            # asyncio.Queue keeps it the same way).
+            if fut.done() and not fut.cancelled():
+                self.queue.insert(0, fut.result())
+            raise
+        finally:
+            self.waiter = None
 
-    def _wake(self) -> None:
+    def deliver(self, message: dict) -> None:
         fut = self.waiter
         if fut is not None and not fut.done():
-            fut.set_result(None)
+            fut.set_result(message)
+        else:
+            self.queue.append(message)
 
     def on_closed(self, code: int, reason: str) -> None:
         if self.closed_code is None:
             self.closed_code = code
-            self.queue.append({"type": "websocket.disconnect", "code": code, "reason": reason})
-        self._wake()
+            self.open = False
+            self.deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.on_drained()
 
     def _refused(self) -> None:
@@ -243,10 +255,18 @@ class WsCycle(_Paced):
         self.on_closed(1006, "")
 
     async def send(self, message: dict) -> None:
+        if self.open:
+            # The common case, one per message of an echo: a websocket.send dict,
+            # checked and queued in Rust (None: anything else, handled below).
+            sent = self.conn.ws_send_message(message)
+            if sent is not None:
+                if not sent and self.closed_code is None:
+                    await self._wait_drained()
+                return
         kind = message["type"]
-        # The common case first: a message on an open connection (one message each
-        # way per echo; the checks below cost a WebSocket echo's loop thread time).
         if kind == "websocket.send" and self.state == "accepted" and self.closed_code is None:
+            # A Mapping that is not a dict, bytes-like data that is not bytes, or
+            # text that is not a str (whose error ws_send raises).
             text = message.get("text")
             data = message.get("bytes")
             if (text is None) == (data is None):
@@ -260,6 +280,7 @@ class WsCycle(_Paced):
             if kind == "websocket.accept":
                 self.conn.ws_accept(message.get("subprotocol"), message.get("headers") or ())
                 self.state = "accepted"
+                self.open = self.closed_code is None
             elif kind == "websocket.close":
                 self.conn.ws_reject()
                 self._refused()
@@ -290,6 +311,7 @@ class WsCycle(_Paced):
             raise ClientDisconnected(f"WebSocket closed; cannot send '{kind}'")
         if kind == "websocket.close":
             self.state = "closed"
+            self.open = False
             self.conn.ws_close(int(message.get("code") or 1000), message.get("reason") or "")
         else:
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, for a WebSocket.")
@@ -500,19 +522,16 @@ class AsgiServer:
                         else spawn(run(cycle), name=HTTP_TASK_NAME)
                     )
             elif kind == 5:
-                # A WebSocket message (checked second: one per message of an echo),
-                # queued for WsCycle.receive, whose waiter is woken.
+                # A WebSocket message, its websocket.receive dict built in Rust
+                # (checked second: one per message of an echo). WsCycle.deliver,
+                # inlined: handed to a waiting receive(), else queued.
                 c = cycles.get(ev[1])
                 if c is not None:
-                    text = ev[2]
-                    c.queue.append(  # type: ignore[attr-defined]
-                        {"type": "websocket.receive", "text": text}
-                        if text is not None
-                        else {"type": "websocket.receive", "bytes": ev[3]}
-                    )
                     fut = c.waiter
                     if fut is not None and not fut.done():
-                        fut.set_result(None)
+                        fut.set_result(ev[2])
+                    else:
+                        c.queue.append(ev[2])  # type: ignore[attr-defined]
             elif kind == 1:
                 c = cycles.get(ev[1])
                 if c is not None:

@@ -28,6 +28,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{pthread_sigmask, SigmaskHow};
 use nix::sys::socket::MsgFlags;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -703,7 +704,9 @@ impl AsgiWorker {
     /// Takes what the I/O thread queued. Each item is a tuple:
     /// `(0, conn, scope, body, more_body)` a new request; `(1, id, body, more_body)` a
     /// body piece; `(2, id)` the client went away; `(3, id)` a connection's queue fell
-    /// under the high-water mark; `(4,)` the I/O thread is done.
+    /// under the high-water mark; `(4,)` the I/O thread is done; `(5, id, message)` a
+    /// WebSocket message (the `websocket.receive` dict); `(6, id, code, reason)` a
+    /// WebSocket closed.
     fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         // Drain first, then re-arm, then take: an event pushed after the re-arm writes
         // a new wake-up byte, so none is lost (at worst one wake-up finds nothing).
@@ -731,12 +734,19 @@ impl AsgiWorker {
                 }
                 Event::Disconnect(id) => out.append((2, id))?,
                 Event::Drained(id) => out.append((3, id))?,
-                Event::WsMessage { id, text, bytes } => match (text, bytes) {
-                    (Some(t), _) => out.append((5, id, t, py.None()))?,
-                    (None, b) => {
-                        out.append((5, id, py.None(), PyBytes::new(py, &b.unwrap_or_default())))?
+                Event::WsMessage { id, text, bytes } => {
+                    // The app's message itself, so the loop hands it on as it is.
+                    let msg = PyDict::new(py);
+                    msg.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
+                    match (text, bytes) {
+                        (Some(t), _) => msg.set_item(intern!(py, "text"), t)?,
+                        (None, b) => msg.set_item(
+                            intern!(py, "bytes"),
+                            PyBytes::new(py, &b.unwrap_or_default()),
+                        )?,
                     }
-                },
+                    out.append((5, id, msg))?;
+                }
                 Event::WsClosed { id, code, reason } => out.append((6, id, code, reason))?,
                 Event::Log(level, msg) => {
                     if let Err(e) = self.log.bind(py).call_method1(level, (msg,)) {
@@ -762,7 +772,6 @@ impl AsgiWorker {
         // Keys and constant values are interned: building them from UTF-8 for every
         // request was the loop thread's largest single cost in a hello-world profile
         // (py-spy --native: unicode_decode_utf8 under events()).
-        use pyo3::intern;
         let head = &req.head;
         // `type`, `asgi`, `root_path` and the usual `http_version` and `scheme` come
         // with the copy.
@@ -1585,27 +1594,49 @@ impl Conn {
     /// `websocket.send`. Returns False when the caller must wait for `Drained`.
     #[pyo3(signature = (text=None, data=None))]
     fn ws_send(&self, py: Python<'_>, text: Option<String>, data: Option<Vec<u8>>) -> bool {
-        let (n, cmd) = match (text, data) {
-            (Some(t), _) => (t.len().max(1), Cmd::WsText(t)),
-            (None, d) => {
-                let d = d.unwrap_or_default();
-                (d.len().max(1), Cmd::WsBinary(d))
+        self.ws_frame(py, text, data)
+    }
+
+    /// `send()`'s fast path on an open WebSocket: the whole `websocket.send` message
+    /// checked and queued here, where the dict lookups cost no bytecode (the loop
+    /// thread runs one of these per message of an echo). True: queued; False: queued,
+    /// and the caller must wait for `Drained`; None: not a plain `websocket.send`
+    /// dict with `str` text or `bytes` data, for `send()`'s general path to handle.
+    fn ws_send_message(
+        &self,
+        py: Python<'_>,
+        message: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<bool>> {
+        let Ok(msg) = message.cast::<PyDict>() else {
+            return Ok(None);
+        };
+        let Some(kind) = msg.get_item(intern!(py, "type"))? else {
+            return Ok(None);
+        };
+        if !kind
+            .cast::<PyString>()
+            .is_ok_and(|k| k.to_str().is_ok_and(|k| k == "websocket.send"))
+        {
+            return Ok(None);
+        }
+        let text = msg.get_item(intern!(py, "text"))?.filter(|t| !t.is_none());
+        let data = msg.get_item(intern!(py, "bytes"))?.filter(|d| !d.is_none());
+        let (text, data) = match (text, data) {
+            (Some(t), None) => match t.cast::<PyString>() {
+                Ok(t) => (Some(t.to_str()?.to_owned()), None),
+                Err(_) => return Ok(None),
+            },
+            (None, Some(d)) => match d.cast::<PyBytes>() {
+                Ok(d) => (None, Some(d.as_bytes().to_vec())),
+                Err(_) => return Ok(None),
+            },
+            _ => {
+                return Err(PyRuntimeError::new_err(
+                    "websocket.send needs exactly one of 'text' and 'bytes'",
+                ))
             }
         };
-        if self.conn.closed.load(Ordering::Acquire) || self.tx.is_closed() {
-            return true;
-        }
-        let b = self.conn.buffered.fetch_add(n, Ordering::AcqRel) + n;
-        self.shared.send_cmd(py, &self.tx, cmd, Some(&self.conn));
-        if b <= HIGH_WATER {
-            return true;
-        }
-        self.conn.want_drain.store(true, Ordering::SeqCst);
-        if self.conn.buffered.load(Ordering::SeqCst) <= HIGH_WATER {
-            self.conn.want_drain.store(false, Ordering::SeqCst);
-            return true;
-        }
-        false
+        Ok(Some(self.ws_frame(py, text, data)))
     }
 
     /// `websocket.close` after the accept: sends a close frame.
@@ -1687,6 +1718,32 @@ impl Conn {
 }
 
 impl Conn {
+    /// Queues one WebSocket message (`text` or else `data`). False when the caller
+    /// must wait for `Drained`: the connection holds more than `HIGH_WATER`.
+    fn ws_frame(&self, py: Python<'_>, text: Option<String>, data: Option<Vec<u8>>) -> bool {
+        let (n, cmd) = match (text, data) {
+            (Some(t), _) => (t.len().max(1), Cmd::WsText(t)),
+            (None, d) => {
+                let d = d.unwrap_or_default();
+                (d.len().max(1), Cmd::WsBinary(d))
+            }
+        };
+        if self.conn.closed.load(Ordering::Acquire) || self.tx.is_closed() {
+            return true;
+        }
+        let b = self.conn.buffered.fetch_add(n, Ordering::AcqRel) + n;
+        self.shared.send_cmd(py, &self.tx, cmd, Some(&self.conn));
+        if b <= HIGH_WATER {
+            return true;
+        }
+        self.conn.want_drain.store(true, Ordering::SeqCst);
+        if self.conn.buffered.load(Ordering::SeqCst) <= HIGH_WATER {
+            self.conn.want_drain.store(false, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
     /// Whether a started response with no body message yet is complete as it stands.
     fn empty_body_is_complete(&self, inner: &ConnInner) -> bool {
         let Resp::Started { status, headers } = &inner.resp else {

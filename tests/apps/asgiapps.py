@@ -7,6 +7,7 @@ import contextvars
 import json
 import os
 import weakref
+from types import MappingProxyType
 
 
 async def _json(send, obj, status=200, headers=()):
@@ -81,6 +82,22 @@ async def websocket(scope, receive, send):
         if msg.get("text") == "close-me":
             await send({"type": "websocket.close", "code": 4000, "reason": "bye"})
             return
+        if msg.get("text") == "send-kinds":
+            # Messages that are not a plain dict with str text or bytes data, then a
+            # malformed one: send() must take them all as uvicorn does.
+            await send({"type": "websocket.send", "bytes": bytearray(b"bytearray")})
+            await send({"type": "websocket.send", "bytes": memoryview(b"memoryview")})
+            await send(MappingProxyType({"type": "websocket.send", "text": "mapping"}))
+            await send({"type": "websocket.send", "text": None, "bytes": b"text-none"})
+            try:
+                await send({"type": "websocket.send", "text": "a", "bytes": b"b"})
+            except RuntimeError as e:
+                await send({"type": "websocket.send", "text": f"RuntimeError: {e}"})
+            try:
+                await send({"type": "websocket.send", "text": 5})
+            except TypeError:
+                await send({"type": "websocket.send", "text": "TypeError"})
+            continue
         if msg.get("text") is not None:
             await send({"type": "websocket.send", "text": msg["text"]})
         else:
