@@ -114,6 +114,8 @@ async def app(scope, receive, send):
     path = scope["path"][len(scope["root_path"]) :]
     if path.startswith("/scope"):
         await _json(send, _scope_view(scope))
+    elif path == "/pid":
+        await _json(send, {"pid": os.getpid()})
     elif path == "/echo":
         body, pieces = await _read_body(receive)
         await send(
