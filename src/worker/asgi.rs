@@ -1119,17 +1119,24 @@ impl Conn {
         }
         let b = self.conn.buffered.fetch_add(n, Ordering::AcqRel) + n;
         self.cmd(py, Cmd::Write(bytes));
-        if !pace || b <= HIGH_WATER {
-            return true;
+        !pace || !self.must_wait(b)
+    }
+
+    /// After queueing brought the connection to `queued` bytes: whether `send()` must
+    /// wait for `Drained` (over [`HIGH_WATER`]; the I/O task is then asked to post
+    /// it once it has written the queue back under the mark).
+    fn must_wait(&self, queued: usize) -> bool {
+        if queued <= HIGH_WATER {
+            return false;
         }
         self.conn.want_drain.store(true, Ordering::SeqCst);
         if self.conn.buffered.load(Ordering::SeqCst) <= HIGH_WATER {
             // The I/O task may already have taken the flag and posted a stray Drained,
             // which the loop ignores when nobody waits.
             self.conn.want_drain.store(false, Ordering::SeqCst);
-            return true;
+            return false;
         }
-        false
+        true
     }
 
     fn finish(&self, py: Python<'_>, inner: &mut ConnInner, keep_alive: bool) {
@@ -1737,15 +1744,7 @@ impl Conn {
         }
         let b = self.conn.buffered.fetch_add(n, Ordering::AcqRel) + n;
         self.shared.send_cmd(py, &self.tx, cmd, Some(&self.conn));
-        if b <= HIGH_WATER {
-            return true;
-        }
-        self.conn.want_drain.store(true, Ordering::SeqCst);
-        if self.conn.buffered.load(Ordering::SeqCst) <= HIGH_WATER {
-            self.conn.want_drain.store(false, Ordering::SeqCst);
-            return true;
-        }
-        false
+        !self.must_wait(b)
     }
 
     /// Whether a started response with no body message yet is complete as it stands.
