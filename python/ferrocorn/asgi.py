@@ -168,7 +168,7 @@ class Cycle(_Paced):
                 raise ClientDisconnected("client disconnected; cannot send the response body")
             if sent == BODY_WAIT and not self.conn.closed:
                 await self._wait_drained()
-            if not more:
+            if not more and self.waiter is not None:
                 self.wake(DISCONNECT)
         elif kind == "http.response.start":
             self.conn.start(message["status"], message.get("headers", ()))
@@ -411,6 +411,8 @@ class AsgiServer:
         self.spawn: Any = None
         # pre_request/post_request, as the WSGI workers call them (None: not set).
         self.hooks: dict[str, Any] | None = worker.hooks()
+        # What runs each HTTP request: chosen once, not per request.
+        self.run_request = self._run if self.hooks is None else self._run_hooked
 
     def run(self) -> None:
         loop = choose_loop(str(self.cfg.asgi_loop))
@@ -503,6 +505,7 @@ class AsgiServer:
         cycles = self.cycles
         loop = _LOOP or asyncio.get_running_loop()
         spawn = self.spawn
+        run = self.run_request
         for ev in self.core.events():
             kind = ev[0]
             if kind == 0:
@@ -515,7 +518,6 @@ class AsgiServer:
                 else:
                     cycle = Cycle(conn, scope, ev[3], ev[4])
                     cycles[conn.id] = cycle
-                    run = self._run if self.hooks is None else self._run_hooked
                     cycle.task = (
                         Task(run(cycle), loop=loop, name=HTTP_TASK_NAME)
                         if spawn is None
