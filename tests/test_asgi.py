@@ -265,6 +265,23 @@ def test_disconnect_reaches_the_app(server, tmp_path, helpers):
     assert out.read_text() == "http.disconnect"
 
 
+def test_a_waiting_receive_hears_disconnect_when_the_response_completes(
+    server, tmp_path, helpers
+):
+    # The connection stays open meanwhile: the client's EOF would also wake the
+    # receive(), and the wake-up under test is the response's completion.
+    out = tmp_path / "listen.txt"
+    srv = server(ASGI, "asgiapps:app", env={"ASGI_TEST_OUT": str(out)})
+    with helpers.connect(srv.address) as s:
+        s.sendall(helpers.build_request("GET", "/listen-disconnect"))
+        r, _ = _recv_response(s, helpers)
+        assert r.body == b"done"
+        deadline = time.monotonic() + 10
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert out.read_text() == "http.disconnect"
+
+
 def test_pathsend(asgi_server, helpers):
     r = asgi_server.get("/pathsend")
     assert r.status == 200

@@ -173,6 +173,21 @@ async def app(scope, receive, send):
         msg2 = await receive()
         assert msg["type"] == "http.request"
         assert msg2["type"] == "http.disconnect", msg2
+    elif path == "/listen-disconnect":
+        # Starlette's listen_for_disconnect: a receive() already waiting when the
+        # response completes is answered with http.disconnect.
+        await receive()
+        listener = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+        try:
+            msg = await asyncio.wait_for(listener, 5)
+            got = msg["type"]
+        except TimeoutError:
+            got = "timeout"
+        with open(os.environ["ASGI_TEST_OUT"], "w") as f:
+            f.write(got)
     elif path == "/disconnect":
         # Waits for the client to go away, then records what receive() said.
         await receive()
